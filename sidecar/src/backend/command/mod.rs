@@ -1,0 +1,1 @@
+//! Command jobs: programs from the sidecar config, with SQL Server Agent step semantics.

@@ -1,0 +1,76 @@
+//! The Backend interface: what the sidecar can start. Two backends exist:
+//! `command` (programs from the sidecar's config) and `sqlagent` (SQL Server Agent jobs
+//! through tiberius). The execution registry owns idempotency, slots, the journal and
+//! stop requests; a backend only lists jobs, starts one, and reports through its sink.
+use std::collections::BTreeMap;
+
+use agentfleet_common::proto;
+
+use crate::events::EventSink;
+
+pub mod command;
+
+/// Why a start was refused. Each maps to one gRPC status (see `server.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("job `{job}` is not offered here; this sidecar offers: {offered}")]
+    NotFound { job: String, offered: String },
+    #[error("job `{0}` is already running")]
+    AlreadyRunning(String),
+    #[error("job `{0}` is disabled; enable it before starting it")]
+    Disabled(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Transient: the caller may retry (e.g. SQL Server Agent is starting, connection lost).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<BackendError> for tonic::Status {
+    fn from(e: BackendError) -> Self {
+        let msg = e.to_string();
+        match e {
+            BackendError::NotFound { .. } => tonic::Status::not_found(msg),
+            BackendError::AlreadyRunning(_) => tonic::Status::already_exists(msg),
+            BackendError::Disabled(_) => tonic::Status::failed_precondition(msg),
+            BackendError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+            BackendError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
+            BackendError::Unavailable(_) => tonic::Status::unavailable(msg),
+            BackendError::Internal(_) => tonic::Status::internal(msg),
+        }
+    }
+}
+
+/// Everything a backend needs to run one execution.
+pub struct ExecutionContext {
+    pub execution_id: String,
+    pub job: String,
+    /// Already checked against the job's declared parameters by the backend's `start`.
+    pub params: BTreeMap<String, String>,
+    /// Where the execution's events go (journaled, then streamed to watchers).
+    pub events: EventSink,
+    /// Cancelled when StopJob is called (or the sidecar shuts down for good).
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// "command" or "sqlagent".
+    fn kind(&self) -> &'static str;
+
+    /// The names of the jobs offered (cheap; used to route StartJob).
+    async fn job_names(&self) -> Result<Vec<String>, BackendError>;
+
+    /// The jobs offered, with steps and duration statistics.
+    async fn list_jobs(&self) -> Result<Vec<proto::Job>, BackendError>;
+
+    /// Starts the job. Returns once it has really started (or failed to start, in which
+    /// case nothing ran). The backend then drives the execution in a task of its own,
+    /// emitting Started, step and log events, and always ends with exactly one Finished
+    /// event, also when `stop` is cancelled.
+    async fn start(&self, ctx: ExecutionContext) -> Result<(), BackendError>;
+}

@@ -1,0 +1,6 @@
+//! The agentfleet sidecar: serves the `agentfleet.sidecar.v1` API on one server, starts
+//! SQL Server Agent jobs and command jobs, and journals and streams their events.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod events;
