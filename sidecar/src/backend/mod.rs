@@ -9,14 +9,18 @@ use agentfleet_common::proto;
 use crate::events::EventSink;
 
 pub mod command;
+pub mod sqlagent;
 
 /// Why a start was refused. Each maps to one gRPC status (see `server.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("job `{job}` is not offered here; this sidecar offers: {offered}")]
     NotFound { job: String, offered: String },
-    #[error("job `{0}` is already running")]
+    /// A job never runs twice at once on one sidecar (as SQL Server Agent).
+    #[error("job `{0}` is already running on this sidecar")]
     AlreadyRunning(String),
+    #[error("all {0} slots are busy")]
+    SlotsBusy(u32),
     #[error("job `{0}` is disabled; enable it before starting it")]
     Disabled(String),
     #[error("{0}")]
@@ -35,7 +39,9 @@ impl From<BackendError> for tonic::Status {
         let msg = e.to_string();
         match e {
             BackendError::NotFound { .. } => tonic::Status::not_found(msg),
-            BackendError::AlreadyRunning(_) => tonic::Status::already_exists(msg),
+            // ABORTED / RESOURCE_EXHAUSTED: a concurrency conflict; place again later.
+            BackendError::AlreadyRunning(_) => tonic::Status::aborted(msg),
+            BackendError::SlotsBusy(_) => tonic::Status::resource_exhausted(msg),
             BackendError::Disabled(_) => tonic::Status::failed_precondition(msg),
             BackendError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
             BackendError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
