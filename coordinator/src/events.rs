@@ -1,0 +1,182 @@
+//! The coordinator's one event type. The dispatcher and executors produce `RunEvent`s;
+//! reporters (terminal progress, plain lines, JSON lines, the store, telemetry) consume
+//! them. The serialized form is the `--json` contract of PRODUCT.md: every object has
+//! `ts`, `type` and `run_id`, plus the fields that apply.
+use serde::Serialize;
+
+/// One thing that happened in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunEvent {
+    /// RFC 3339 UTC, e.g. "2026-11-25T18:14:04.123Z".
+    pub ts: String,
+    pub run_id: String,
+    #[serde(flatten)]
+    pub kind: RunEventKind,
+}
+
+impl RunEvent {
+    pub fn new(run_id: &str, ts_ms: i64, kind: RunEventKind) -> Self {
+        Self {
+            ts: rfc3339(ts_ms),
+            run_id: run_id.to_owned(),
+            kind,
+        }
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ts_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ts_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Where an execution of a task runs: the fields every task-level event carries.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct At {
+    pub task: String,
+    pub attempt: u32,
+    pub sidecar: String,
+    pub execution_id: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    Succeeded,
+    Failed,
+    /// Stopped by the user or by `fail_fast`.
+    Canceled,
+    TimedOut,
+    /// Not started because a task it depends on did not succeed.
+    Skipped,
+    /// Its sidecar became unreachable and the result is unknown.
+    Lost,
+}
+
+impl TaskOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::TimedOut => "timed_out",
+            Self::Skipped => "skipped",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunEventKind {
+    RunStarted {
+        plan: String,
+        tasks: usize,
+        sidecars: Vec<String>,
+    },
+    TaskPlaced {
+        #[serde(flatten)]
+        at: At,
+    },
+    TaskStarted {
+        #[serde(flatten)]
+        at: At,
+        step_count: u32,
+    },
+    StepStarted {
+        #[serde(flatten)]
+        at: At,
+        step: u32,
+        step_name: String,
+        step_attempt: u32,
+    },
+    StepFinished {
+        #[serde(flatten)]
+        at: At,
+        step: u32,
+        step_name: String,
+        step_attempt: u32,
+        /// succeeded | failed | retry | canceled | timed_out
+        status: &'static str,
+        message: String,
+        duration_ms: u64,
+    },
+    Log {
+        #[serde(flatten)]
+        at: At,
+        step: u32,
+        /// stdout | stderr | agent
+        stream: &'static str,
+        line: String,
+    },
+    TaskFinished {
+        task: String,
+        attempt: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sidecar: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        execution_id: Option<String>,
+        status: TaskOutcome,
+        message: String,
+        duration_ms: u64,
+        /// True when another attempt follows.
+        will_retry: bool,
+    },
+    RunFinished {
+        /// succeeded | failed | canceled | interrupted
+        status: &'static str,
+        exit_code: i32,
+        duration_ms: u64,
+        summary: Vec<TaskSummary>,
+    },
+}
+
+/// One row of the final summary.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TaskSummary {
+    pub task: String,
+    pub sidecar: Option<String>,
+    pub attempts: u32,
+    pub duration_ms: u64,
+    pub status: TaskOutcome,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_contract_fields() {
+        let ev = RunEvent::new(
+            "r1",
+            0,
+            RunEventKind::StepFinished {
+                at: At {
+                    task: "t".into(),
+                    attempt: 1,
+                    sidecar: "s1".into(),
+                    execution_id: "e1".into(),
+                },
+                step: 2,
+                step_name: "load".into(),
+                step_attempt: 1,
+                status: "succeeded",
+                message: String::new(),
+                duration_ms: 5,
+            },
+        );
+        let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["type"], "step_finished");
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["run_id"], "r1");
+        assert_eq!(v["task"], "t");
+        assert_eq!(v["sidecar"], "s1");
+        assert_eq!(v["execution_id"], "e1");
+        assert_eq!(v["step"], 2);
+        assert_eq!(v["step_name"], "load");
+        assert_eq!(v["status"], "succeeded");
+        assert_eq!(v["duration_ms"], 5);
+    }
+}

@@ -1,0 +1,4 @@
+//! The agentfleet coordinator: runs a plan of jobs across a fleet of sidecars.
+#![forbid(unsafe_code)]
+
+pub mod events;
