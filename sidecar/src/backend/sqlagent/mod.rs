@@ -1,4 +1,5 @@
 //! SQL Server Agent jobs through tiberius.
 
 pub mod config;
+pub mod queries;
 pub use config::SqlAgentConfig;
