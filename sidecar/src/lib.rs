@@ -4,3 +4,4 @@
 
 pub mod backend;
 pub mod events;
+pub mod process;

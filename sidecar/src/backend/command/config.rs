@@ -43,3 +43,109 @@ pub struct StepConfig {
     #[serde(default, with = "agentfleet_common::duration::serde_opt")]
     pub timeout: Option<Duration>,
 }
+
+/// What happens after a step: the value of `on_success` / `on_failure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepAction {
+    /// Go to the next step; after the last step, end the job with this step's result.
+    Next,
+    /// End the job, reporting success.
+    Succeed,
+    /// End the job, reporting failure.
+    Fail,
+    /// Go to the step with this name.
+    Goto(String),
+}
+
+/// `on_success` when not written.
+pub const DEFAULT_ON_SUCCESS: &str = "next";
+/// `on_failure` when not written.
+pub const DEFAULT_ON_FAILURE: &str = "fail";
+
+impl StepAction {
+    /// Parses "next" | "succeed" | "fail" | "goto:<step name>".
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Some(target) = text.strip_prefix("goto:") {
+            let target = target.trim();
+            if target.is_empty() {
+                return Err("`goto:` needs a step name, e.g. \"goto:cleanup\"".to_owned());
+            }
+            return Ok(Self::Goto(target.to_owned()));
+        }
+        match text {
+            "next" => Ok(Self::Next),
+            "succeed" => Ok(Self::Succeed),
+            "fail" => Ok(Self::Fail),
+            other => Err(format!(
+                "`{other}` is not a step action; write \"next\", \"succeed\", \"fail\" or \"goto:<step name>\""
+            )),
+        }
+    }
+}
+
+impl StepConfig {
+    /// `on_success` as written, or the default.
+    pub fn on_success_text(&self) -> &str {
+        self.on_success.as_deref().unwrap_or(DEFAULT_ON_SUCCESS)
+    }
+
+    /// `on_failure` as written, or the default.
+    pub fn on_failure_text(&self) -> &str {
+        self.on_failure.as_deref().unwrap_or(DEFAULT_ON_FAILURE)
+    }
+}
+
+impl JobConfig {
+    /// Checks what the types cannot: at least one step, unique step names, a program per
+    /// step, actions that parse and `goto` targets that exist, usable parameter names.
+    /// The message names the job and step, for the config loader to add the file.
+    pub fn validate(&self) -> Result<(), String> {
+        let job = &self.name;
+        if job.trim().is_empty() {
+            return Err("a [[job]] has an empty name".to_owned());
+        }
+        if self.steps.is_empty() {
+            return Err(format!(
+                "job `{job}` has no steps; add at least one [[job.step]]"
+            ));
+        }
+        for param in &self.params {
+            if param.is_empty() || param.contains(['=', '\0']) {
+                return Err(format!(
+                    "job `{job}`: `{param}` cannot be an environment variable name"
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for step in &self.steps {
+            let name = &step.name;
+            if !seen.insert(name.as_str()) {
+                return Err(format!("job `{job}` has two steps named `{name}`"));
+            }
+            if step.run.first().is_none_or(|program| program.is_empty()) {
+                return Err(format!(
+                    "job `{job}`, step `{name}`: `run` needs a program, e.g. run = [\"dtexec\", \"/F\", \"package.dtsx\"]"
+                ));
+            }
+        }
+        for step in &self.steps {
+            for (key, text) in [
+                ("on_success", step.on_success_text()),
+                ("on_failure", step.on_failure_text()),
+            ] {
+                let action = StepAction::parse(text)
+                    .map_err(|e| format!("job `{job}`, step `{}`, {key}: {e}", step.name))?;
+                if let StepAction::Goto(target) = action
+                    && !seen.contains(target.as_str())
+                {
+                    return Err(format!(
+                        "job `{job}`, step `{}`, {key}: there is no step `{target}`",
+                        step.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,4 +1,255 @@
 //! Command jobs: programs from the sidecar config, with SQL Server Agent step semantics.
+//!
+//! - `config.rs`: the `[[job]]` sections and their validation;
+//! - `flow.rs`: the step flow (order, retries, on_success / on_failure, goto);
+//! - `step.rs`: one attempt of one step (spawn, timeout, stop);
+//! - `output.rs`: stdout / stderr line by line into the execution's sink;
+//! - `stats.rs`: durations of past successful runs.
+//!
+//! Nothing that arrives over the wire becomes part of a command line: a task's params
+//! only become environment variables, and only those the job declares.
+use std::collections::{BTreeSet, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentfleet_common::proto::{self, event::Kind};
+use futures::FutureExt;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Backend, BackendError, ExecutionContext};
 
 pub mod config;
-pub use config::{JobConfig, StepConfig};
+mod flow;
+mod output;
+mod stats;
+mod step;
+#[cfg(all(test, unix))]
+mod tests;
+
+pub use config::{JobConfig, StepAction, StepConfig};
+
+/// Runs the command jobs of the sidecar config.
+pub struct CommandBackend {
+    jobs: Vec<Arc<PreparedJob>>,
+    stop_grace: Duration,
+    max_step_runs: u32,
+    /// Jobs running now: a job never runs twice at once on one sidecar (as in SQL Server Agent).
+    running: Arc<Mutex<HashSet<String>>>,
+    history: Arc<stats::DurationHistory>,
+}
+
+struct PreparedJob {
+    config: JobConfig,
+    /// The resolved step flow, or why the job cannot run.
+    plan: Result<flow::Plan, String>,
+}
+
+impl CommandBackend {
+    /// `jobs` from the config (already validated by the loader; a job that is not valid
+    /// anyway is listed as disabled and refused at start). `stop_grace`: how long a
+    /// stopped or timed-out step's processes get between SIGTERM and SIGKILL.
+    pub fn new(jobs: Vec<JobConfig>, stop_grace: Duration) -> Self {
+        let mut seen = BTreeSet::new();
+        let jobs = jobs
+            .into_iter()
+            .map(|config| {
+                let plan = if seen.insert(config.name.clone()) {
+                    flow::plan(&config)
+                } else {
+                    Err(format!("job `{}` is defined twice", config.name))
+                };
+                if let Err(e) = &plan {
+                    tracing::warn!(job = %config.name, error = %e, "command job cannot run");
+                }
+                Arc::new(PreparedJob { config, plan })
+            })
+            .collect();
+        Self {
+            jobs,
+            stop_grace,
+            max_step_runs: flow::MAX_STEP_RUNS,
+            running: Arc::default(),
+            history: Arc::default(),
+        }
+    }
+
+    /// The first job of that name (a duplicate is refused at start).
+    fn job(&self, name: &str) -> Option<&Arc<PreparedJob>> {
+        self.jobs.iter().find(|j| j.config.name == name)
+    }
+
+    fn describe(&self, job: &PreparedJob) -> proto::Job {
+        let config = &job.config;
+        let steps = config
+            .steps
+            .iter()
+            .zip(1..)
+            .map(|(step, id)| proto::JobStep {
+                id,
+                name: step.name.clone(),
+                subsystem: "command".to_owned(),
+                on_success: step.on_success_text().to_owned(),
+                on_failure: step.on_failure_text().to_owned(),
+                retries: step.retries,
+            })
+            .collect();
+        proto::Job {
+            name: config.name.clone(),
+            backend: "command".to_owned(),
+            enabled: job.plan.is_ok(),
+            category: String::new(),
+            description: match &job.plan {
+                Ok(_) => config.description.clone(),
+                Err(e) => format!("cannot run: {e}"),
+            },
+            steps,
+            stats: Some(self.history.stats(&config.name)),
+            params: config.params.clone(),
+        }
+    }
+}
+
+/// Refuses params the job does not declare, and values no environment can hold.
+fn check_params(job: &JobConfig, ctx: &ExecutionContext) -> Result<(), BackendError> {
+    for (name, value) in &ctx.params {
+        if !job.params.contains(name) {
+            let declared = if job.params.is_empty() {
+                "it declares none".to_owned()
+            } else {
+                format!("it declares: {}", job.params.join(", "))
+            };
+            return Err(BackendError::InvalidArgument(format!(
+                "job `{}` does not declare the parameter `{name}`; {declared}",
+                job.name
+            )));
+        }
+        if value.contains('\0') {
+            return Err(BackendError::InvalidArgument(format!(
+                "the value of parameter `{name}` contains a NUL character"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Marks a job as running until dropped.
+struct RunningGuard {
+    running: Arc<Mutex<HashSet<String>>>,
+    job: String,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.remove(&self.job);
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for CommandBackend {
+    fn kind(&self) -> &'static str {
+        "command"
+    }
+
+    async fn job_names(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self.jobs.iter().map(|j| j.config.name.clone()).collect())
+    }
+
+    async fn list_jobs(&self) -> Result<Vec<proto::Job>, BackendError> {
+        Ok(self.jobs.iter().map(|j| self.describe(j)).collect())
+    }
+
+    async fn start(&self, ctx: ExecutionContext) -> Result<(), BackendError> {
+        let Some(job) = self.job(&ctx.job).cloned() else {
+            return Err(BackendError::NotFound {
+                job: ctx.job.clone(),
+                offered: self
+                    .jobs
+                    .iter()
+                    .map(|j| format!("`{}`", j.config.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        if let Err(e) = &job.plan {
+            return Err(BackendError::Internal(format!(
+                "job `{}` is misconfigured: {e}",
+                job.config.name
+            )));
+        }
+        check_params(&job.config, &ctx)?;
+        let guard = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if !running.insert(job.config.name.clone()) {
+                return Err(BackendError::AlreadyRunning(job.config.name.clone()));
+            }
+            RunningGuard {
+                running: Arc::clone(&self.running),
+                job: job.config.name.clone(),
+            }
+        };
+
+        let (spawned_tx, spawned_rx) = oneshot::channel();
+        let stop_grace = self.stop_grace;
+        let max_step_runs = self.max_step_runs;
+        let history = Arc::clone(&self.history);
+        let span = tracing::info_span!("command_job", job = %job.config.name, execution_id = %ctx.execution_id);
+        let ctx_events = ctx.events.clone();
+        let run = async move {
+            let clock = Instant::now();
+            let finish = match &job.plan {
+                Ok(plan) => {
+                    flow::drive(
+                        &job.config,
+                        plan,
+                        &ctx,
+                        stop_grace,
+                        max_step_runs,
+                        Some(spawned_tx),
+                    )
+                    .await
+                }
+                Err(e) => flow::Finish {
+                    outcome: proto::Outcome::Failed,
+                    message: e.clone(),
+                },
+            };
+            if finish.outcome == proto::Outcome::Succeeded {
+                let ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+                history.record(&job.config.name, ms);
+            }
+            tracing::info!(outcome = ?finish.outcome, message = %finish.message, "command job finished");
+            // Free the job before Finished is seen, so a start right after it is accepted.
+            drop(guard);
+            ctx.events
+                .emit(Kind::Finished(proto::Finished {
+                    outcome: finish.outcome as i32,
+                    message: finish.message,
+                }))
+                .await;
+        };
+        // Policy on error: the flow reports every failure as events; should it panic, the
+        // execution still ends with one Finished event.
+        let events = ctx_events;
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if AssertUnwindSafe(run).catch_unwind().await.is_err() {
+                    let message = "internal error: the command job's task panicked".to_owned();
+                    tracing::error!("{message}");
+                    events
+                        .emit(Kind::Finished(proto::Finished {
+                            outcome: proto::Outcome::Failed as i32,
+                            message,
+                        }))
+                        .await;
+                }
+            },
+            span,
+        ));
+        // Return once the first step's program was started (or could not be).
+        let _ = spawned_rx.await;
+        Ok(())
+    }
+}
