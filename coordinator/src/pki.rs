@@ -58,6 +58,25 @@ pub struct Issued {
     pub replaced: bool,
 }
 
+impl Issued {
+    /// One line for people: what was written, for which names, until when.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} and {} for `{}` (names: {}; valid until {})",
+            if self.replaced { "replaced" } else { "issued" },
+            self.paths.cert.display(),
+            self.paths.key.display(),
+            self.name,
+            if self.hosts.is_empty() {
+                "none".to_owned()
+            } else {
+                self.hosts.join(", ")
+            },
+            self.not_after
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error(
@@ -407,6 +426,11 @@ mod tests {
             ]
         );
         assert!(!issued.replaced);
+        assert!(
+            issued.describe().starts_with("issued "),
+            "{}",
+            issued.describe()
+        );
 
         let pem = fs::read(&issued.paths.cert).unwrap();
         let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
