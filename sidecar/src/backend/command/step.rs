@@ -161,7 +161,7 @@ impl Attempt<'_> {
             Err(e) => format!("could not be confirmed ended: {e}"),
         };
         match why {
-            Why::Stop => AttemptEnd::Canceled(format!("stopped ({how})")),
+            Why::Stop => AttemptEnd::Canceled(format!("stopped: {how}")),
             Why::Timeout => {
                 let limit = timeout.unwrap_or_default();
                 AttemptEnd::TimedOut(format!(

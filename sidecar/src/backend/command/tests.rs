@@ -336,7 +336,7 @@ async fn stop_kills_the_whole_tree_and_cancels() {
         [
             "started 2",
             "step 1 stubborn #1",
-            "step 1 stubborn #1 Canceled: stopped (killed by signal 9 (SIGKILL))",
+            "step 1 stubborn #1 Canceled: stopped: killed by signal 9 (SIGKILL)",
             "finished Canceled: stopped: stop requested while step `stubborn` was running",
         ]
     );
