@@ -4,3 +4,6 @@
 pub mod events;
 pub mod pki;
 pub mod report;
+pub mod fleet_config;
+pub mod plan;
+pub mod schedule;
