@@ -149,3 +149,77 @@ impl JobConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(steps: &[(&str, Option<&str>)]) -> JobConfig {
+        let steps = steps
+            .iter()
+            .map(|(name, on_failure)| StepConfig {
+                name: (*name).to_owned(),
+                run: vec!["true".to_owned()],
+                on_success: None,
+                on_failure: on_failure.map(str::to_owned),
+                retries: 0,
+                retry_interval: None,
+                timeout: None,
+            })
+            .collect();
+        JobConfig {
+            name: "j".to_owned(),
+            description: String::new(),
+            params: Vec::new(),
+            working_dir: None,
+            env: BTreeMap::new(),
+            steps,
+        }
+    }
+
+    #[test]
+    fn parses_actions() {
+        assert_eq!(StepAction::parse(" next "), Ok(StepAction::Next));
+        assert_eq!(StepAction::parse("succeed"), Ok(StepAction::Succeed));
+        assert_eq!(StepAction::parse("fail"), Ok(StepAction::Fail));
+        assert_eq!(
+            StepAction::parse("goto: load"),
+            Ok(StepAction::Goto("load".to_owned()))
+        );
+        assert!(StepAction::parse("goto:").is_err());
+        assert!(
+            StepAction::parse("quit")
+                .unwrap_err()
+                .contains("not a step action")
+        );
+    }
+
+    #[test]
+    fn validates_jobs() {
+        assert_eq!(
+            job(&[("a", None), ("b", Some("goto:a"))]).validate(),
+            Ok(())
+        );
+        assert!(job(&[]).validate().unwrap_err().contains("no steps"));
+        assert!(
+            job(&[("a", None), ("a", None)])
+                .validate()
+                .unwrap_err()
+                .contains("two steps named `a`")
+        );
+        assert!(
+            job(&[("a", Some("goto:z"))])
+                .validate()
+                .unwrap_err()
+                .contains("there is no step `z`")
+        );
+        let mut no_program = job(&[("a", None)]);
+        no_program.steps[0].run.clear();
+        assert!(
+            no_program
+                .validate()
+                .unwrap_err()
+                .contains("needs a program")
+        );
+    }
+}
