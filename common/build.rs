@@ -2,7 +2,8 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time: `env!` would bake in the path of whichever checkout built the script.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let file = root.join("agentfleet/sidecar/v1/sidecar.proto");
     println!("cargo:rerun-if-changed={}", file.display());
 
