@@ -1,0 +1,101 @@
+//! Small process helpers: run a command with a deadline, send signals, and tell whether a
+//! pid still names a live process.
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+/// What a finished command left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// True when the deadline passed and the process was killed.
+    pub timed_out: bool,
+}
+
+/// Runs `cmd` with stdout and stderr captured; kills it after `timeout`.
+pub fn run_with_deadline(mut cmd: Command, timeout: Duration) -> std::io::Result<Finished> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    // The waiting happens on a thread so that this one can time out on a channel.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let (status, timed_out) = match rx.recv_timeout(timeout) {
+        Ok(status) => (status?, false),
+        Err(_) => {
+            send_signal(pid, Signal::SIGKILL);
+            let status = rx
+                .recv()
+                .map_err(|_| std::io::Error::other("the waiting thread went away"))??;
+            (status, true)
+        }
+    };
+    Ok(Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        timed_out,
+    })
+}
+
+/// Reads a pipe to the end on its own thread (so that a chatty child never blocks).
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Sends `signal` to `pid`; a process that is already gone is not an error.
+pub fn send_signal(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = signal::kill(Pid::from_raw(pid), signal);
+    }
+}
+
+/// True while `pid` names a process that has not exited. A zombie (exited, not yet reaped
+/// by its parent, which for an orphan may be an init that never reaps) counts as exited.
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        Ok(stat) => match stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+        {
+            Some(state) => state != "Z" && state != "X",
+            None => true,
+        },
+        Err(_) => false,
+    }
+}
+
+/// Waits (bounded) for `child` to exit after a signal; kills it when it does not in time.
+pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    send_signal(child.id(), Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
