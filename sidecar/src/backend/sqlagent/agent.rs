@@ -87,13 +87,14 @@ impl SqlAgentBackend {
             .collect()
     }
 
+    /// A read on the control connection. Reads are safe to repeat, so one broken (stale)
+    /// connection is retried once on a fresh one. `start_job` never goes through here.
     async fn query(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Vec<Row>>, BackendError> {
-        self.control
-            .lock()
-            .await
-            .query(sql, params)
-            .await
-            .map_err(sql_to_backend)
+        let mut conn = self.control.lock().await;
+        match conn.query(sql, params).await {
+            Err(SqlError::Connection(_)) => conn.query(sql, params).await.map_err(sql_to_backend),
+            other => other.map_err(sql_to_backend),
+        }
     }
 
     async fn login(&self) -> Result<Option<String>, BackendError> {

@@ -305,6 +305,11 @@ async fn handle_stop(x: &mut Followed, control: &tokio::sync::Mutex<Conn>) {
                 (n, rc) => format!("stop request failed (error {n:?}, rc {rc:?}): {}", r.err_message.unwrap_or_default()),
             }
         }
+        Err(SqlError::Connection(e)) => {
+            // Nothing reached the Agent: send again on the next tick, on a fresh connection.
+            x.stop_sent = None;
+            format!("stop request not delivered ({e}); retrying")
+        }
         Err(e) => format!("stop request failed: {e}"),
     };
     x.f.sink.log(0, LogStream::Agent, note).await;
