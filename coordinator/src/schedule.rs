@@ -23,8 +23,8 @@
 //!    proportionally;
 //! 3. fewest running;
 //! 4. name, for determinism.
-use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{HashMap, HashSet};
 
 /// A task whose dependencies are done, waiting for a sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,17 +86,26 @@ pub fn place(
         .map(Load::free)
         .sum();
     let mut order: Vec<&ReadyTask> = ready.iter().collect();
-    order.sort_by(|a, b| task_order(a, b));
+    order.sort_unstable_by_key(|t| task_key(t));
 
+    // Per job, the sidecars that could run it in this call at all (reachable, offering it,
+    // not running it already): computed once per distinct job, so that many ready tasks of
+    // few jobs do not look up every sidecar's job sets again and again.
+    let mut could_run: HashMap<&str, Vec<usize>> = HashMap::new();
     let mut placements = Vec::new();
     for task in order {
         if budget == 0 || free_total == 0 {
             break;
         }
-        let best = state
+        let candidates = could_run.entry(task.job.as_str()).or_insert_with(|| {
+            (0..state.len())
+                .filter(|&i| state[i].could_run(&task.job))
+                .collect()
+        });
+        let best = candidates
             .iter()
-            .enumerate()
-            .filter(|(_, l)| l.can_take(task))
+            .map(|&i| (i, &state[i]))
+            .filter(|(_, l)| l.has_room_for(task))
             .min_by(|(_, a), (_, b)| sidecar_order(task, a, b))
             .map(|(i, _)| i);
         if let Some(i) = best {
@@ -188,25 +197,27 @@ impl Load<'_> {
         self.side.slots.saturating_sub(self.running)
     }
 
-    fn can_take(&self, task: &ReadyTask) -> bool {
+    /// What does not change during a call: reachable, offers the job, not running it.
+    fn could_run(&self, job: &str) -> bool {
         let s = self.side;
-        s.reachable
-            && self.free() > 0
-            && s.offers.contains(&task.job)
-            && (task.on.is_empty() || task.on.contains(&s.name))
-            && !s.running_jobs.contains(&task.job)
+        s.reachable && s.offers.contains(job) && !s.running_jobs.contains(job)
+    }
+
+    /// The rest of eligibility, given [`Load::could_run`]: a free slot, allowed by `on`,
+    /// and the job not placed here earlier in this call.
+    fn has_room_for(&self, task: &ReadyTask) -> bool {
+        self.free() > 0
+            && (task.on.is_empty() || task.on.contains(&self.side.name))
             && !self.placed_jobs.contains(&task.job.as_str())
     }
 }
 
-/// Which ready task goes first: `Less` means `a` does.
-fn task_order(a: &ReadyTask, b: &ReadyTask) -> Ordering {
-    // Unknown durations sort as longest (see the module comment): None > Some in this key.
-    let expected = |t: &ReadyTask| t.expected_ms.map_or(u128::MAX, u128::from);
-    b.priority
-        .cmp(&a.priority)
-        .then_with(|| expected(b).cmp(&expected(a)))
-        .then_with(|| a.task.cmp(&b.task))
+/// Which ready task goes first: the smallest key. Plan indices are unique, so the order is
+/// total and an unstable sort is deterministic.
+fn task_key(t: &ReadyTask) -> (Reverse<i32>, Reverse<u128>, usize) {
+    // Unknown durations sort as longest (see the module comment).
+    let expected = t.expected_ms.map_or(u128::MAX, u128::from);
+    (Reverse(t.priority), Reverse(expected), t.task)
 }
 
 /// Which sidecar `task` prefers: `Less` means `a`.
