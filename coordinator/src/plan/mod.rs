@@ -6,6 +6,7 @@ mod build;
 mod diagnostic;
 mod graph;
 pub(crate) mod raw;
+mod task;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
