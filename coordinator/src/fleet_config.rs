@@ -21,6 +21,19 @@ const FLEET_KEYS: &[&str] = &["tls", "insecure", "sidecars"];
 const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
 const SIDECAR_KEYS: &[&str] = &["endpoint", "tls_name"];
 
+const NO_SIDECARS: &str = "the fleet has no sidecars: add one, e.g.
+  [fleet.sidecars.sql1]
+  endpoint = \"https://sql1.example.com:7443\"";
+const NO_TLS: &str = "no [fleet.tls]: the coordinator talks to sidecars over mTLS and needs ca, \
+    cert and key (create them with `coordinator pki init DIR` and `coordinator pki issue DIR \
+    coordinator --coordinator`); for sidecars on this machine only, insecure = true turns TLS off";
+const HTTPS_NEEDS_TLS: &str = "an https:// endpoint needs [fleet.tls] (ca, cert and key), \
+    or use http:// for a loopback sidecar with insecure = true";
+const HTTP_NEEDS_INSECURE: &str = "http:// is plaintext: use https:// with [fleet.tls], or set \
+    insecure = true (loopback sidecars only)";
+const EMPTY_TLS_NAME: &str = "tls_name is empty: give the name in the sidecar's certificate, or \
+    leave the key out to use the endpoint's host";
+
 /// The fleet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FleetConfig {
@@ -139,10 +152,10 @@ impl FleetConfig {
         let mut out = Vec::new();
         let mut problem = |key: &str, message: String| out.push(self.diagnostic(key, message));
         if self.sidecars.is_empty() {
-            problem("sidecars", "the fleet has no sidecars: add one, e.g.\n  [fleet.sidecars.sql1]\n  endpoint = \"https://sql1.example.com:7443\"".into());
+            problem("sidecars", NO_SIDECARS.into());
         }
         if self.tls.is_none() && !self.insecure {
-            problem("tls", "no [fleet.tls]: the coordinator talks to sidecars over mTLS and needs ca, cert and key (create them with `coordinator pki init DIR` and `coordinator pki issue DIR coordinator --coordinator`); for sidecars on this machine only, insecure = true turns TLS off".into());
+            problem("tls", NO_TLS.into());
         }
         for (name, entry) in &self.sidecars {
             let key = format!("sidecars.{name}.endpoint");
@@ -154,29 +167,30 @@ impl FleetConfig {
                 }
             };
             if self.insecure && !is_loopback_host(&endpoint.host) {
+                let host = &endpoint.host;
                 problem(
                     &key,
                     format!(
-                        "insecure = true is refused: sidecar \"{name}\" at {} is not on this machine, and without TLS anyone on the network could start jobs on it or read their logs; add [fleet.tls] and use https://, or keep insecure fleets on localhost",
-                        endpoint.host
+                        "insecure = true is refused: sidecar \"{name}\" at {host} is not on this \
+                         machine, and without TLS anyone on the network could start jobs on it \
+                         or read their logs; add [fleet.tls] and use https://, or keep insecure \
+                         fleets on localhost"
                     ),
                 );
             }
-            if endpoint.tls && self.tls.is_none() {
-                problem(
-                    &key,
-                    "an https:// endpoint needs [fleet.tls] (ca, cert and key)".into(),
-                );
+            // Without insecure, a missing [fleet.tls] is reported once above.
+            if endpoint.tls && self.tls.is_none() && self.insecure {
+                problem(&key, HTTPS_NEEDS_TLS.into());
             }
             if !endpoint.tls && !self.insecure {
-                problem(&key, "http:// is plaintext: use https:// with [fleet.tls], or set insecure = true (loopback sidecars only)".into());
+                problem(&key, HTTP_NEEDS_INSECURE.into());
             }
             if entry
                 .tls_name
                 .as_deref()
                 .is_some_and(|n| n.trim().is_empty())
             {
-                problem(&format!("sidecars.{name}.tls_name"), "tls_name is empty: give the name in the sidecar's certificate, or leave the key out to use the endpoint's host".into());
+                problem(&format!("sidecars.{name}.tls_name"), EMPTY_TLS_NAME.into());
             }
         }
         out
