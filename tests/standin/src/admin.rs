@@ -56,6 +56,22 @@ fn stop_mode(word: Option<&str>) -> Result<StopMode, String> {
     }
 }
 
+fn fail_mode(rest: &[&str]) -> Result<FailMode, String> {
+    match rest {
+        [] => Ok(FailMode::lock_timeout()),
+        ["disconnect"] => Ok(FailMode::Disconnect),
+        ["error", number, class, msg @ ..] => match (number.parse(), class.parse()) {
+            (Ok(number), Ok(class)) => Ok(FailMode::Error(ServerMessage::new(
+                number,
+                class,
+                msg.join(" "),
+            ))),
+            _ => Err("error bad number or class".into()),
+        },
+        _ => Err("error usage: fail <n> [disconnect | error <number> <class> <message>]".into()),
+    }
+}
+
 /// Executes one admin command and returns the answer line.
 pub fn command(standin: &Standin, line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -83,22 +99,13 @@ pub fn command(standin: &Standin, line: &str) -> String {
             standin.drop_connections();
             Ok(())
         }
-        ["fail", n, rest @ ..] => match n.parse::<u32>() {
-            Err(_) => Err(format!("error bad count {n:?}")),
-            Ok(n) => match rest {
-                [] => Ok(standin.fail_next(n, FailMode::lock_timeout())),
-                ["disconnect"] => Ok(standin.fail_next(n, FailMode::Disconnect)),
-                ["error", number, class, msg @ ..] => match (number.parse(), class.parse()) {
-                    (Ok(number), Ok(class)) => Ok(standin.fail_next(
-                        n,
-                        FailMode::Error(ServerMessage::new(number, class, msg.join(" "))),
-                    )),
-                    _ => Err("error bad number or class".to_string()),
-                },
-                _ => Err(
-                    "error usage: fail <n> [disconnect | error <number> <class> <message>]".into(),
-                ),
-            },
+        ["fail", n, rest @ ..] => match (n.parse::<u32>(), fail_mode(rest)) {
+            (Ok(n), Ok(mode)) => {
+                standin.fail_next(n, mode);
+                Ok(())
+            }
+            (Err(_), _) => Err(format!("error bad count {n:?}")),
+            (_, Err(e)) => Err(e),
         },
         ["execute_denied", v @ ("on" | "off")] => {
             standin.agent().set_execute_denied(*v == "on");

@@ -196,7 +196,7 @@ fn parse_typed_value(r: &mut Reader<'_>) -> Result<(Option<SqlType>, Value), Pro
             };
             (None, v)
         }
-        0x29 | 0x2A | 0x2B => {
+        0x29..=0x2B => {
             let scale = r.u8("scale")?;
             let len = r.u8("value length")? as usize;
             let b = r.take(len, "time value")?;
