@@ -213,5 +213,7 @@ impl Standin {
 impl Drop for Standin {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        // Ends the simulated runs too, so no job task outlives the stand-in.
+        self.shared.agent.stop_service(StopMode::Crash);
     }
 }

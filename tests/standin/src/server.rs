@@ -252,6 +252,12 @@ async fn request<W: AsyncWrite + Unpin>(
             format!("sqlagent-standin: could not decode the request: {e}"),
         )),
         Ok(req) => {
+            tracing::debug!(
+                spid = info.spid,
+                marker = req.marker(),
+                procedure = req.procedure.as_deref(),
+                "request"
+            );
             shared.capture(CapturedRequest {
                 login: info.caller.login.clone(),
                 app_name: info.app_name.clone(),

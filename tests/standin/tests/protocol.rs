@@ -210,6 +210,18 @@ async fn named_rpc_returns_status() {
         .await
         .unwrap();
     assert_eq!(r.return_code(), 0);
+    let mut cmd = Command::new("sp_standin_echo");
+    cmd.bind_param("@a", "v");
+    cmd.bind_out_param("@out", 41i32);
+    let r = cmd
+        .exec(&mut c)
+        .await
+        .unwrap()
+        .into_command_result()
+        .await
+        .unwrap();
+    assert_eq!(r.return_code(), 7);
+    assert_eq!(r.try_return_value::<i32>("@out").unwrap(), Some(41));
     let mut cmd = Command::new("msdb.dbo.sp_start_job");
     cmd.bind_param("@job_name", "Nope");
     let e = cmd

@@ -138,6 +138,7 @@ pub fn named_procedure(agent: &Agent, conn: &ConnInfo, name: &str, p: &Params<'_
     let stop = match short.as_str() {
         "sp_start_job" => false,
         "sp_stop_job" => true,
+        "sp_standin_echo" => return echo_procedure(p),
         _ => {
             return Reply::error(ServerMessage::new(
                 2812,
@@ -175,5 +176,19 @@ pub fn named_procedure(agent: &Agent, conn: &ConnInfo, name: &str, p: &Params<'_
 fn failed(m: ServerMessage) -> Reply {
     let mut r = Reply::error(m);
     r.return_status = 1;
+    r
+}
+
+/// `sp_standin_echo`: returns every OUTPUT parameter with the value it was sent, and return
+/// status 7 (a probe for RETURNVALUE/RETURNSTATUS handling).
+fn echo_procedure(p: &Params<'_>) -> Reply {
+    let mut r = Reply::default();
+    for (i, param) in p.all().iter().enumerate() {
+        if let (true, Some(ty)) = (param.output, param.ty) {
+            r.outputs
+                .push((i as u16 + 1, param.name.clone(), ty, param.value.clone()));
+        }
+    }
+    r.return_status = 7;
     r
 }
