@@ -122,6 +122,9 @@ pub struct JobConfig {
     /// Delay between sp_start_job and `start_execution_date`.
     #[serde(default = "default_start_latency", with = "humantime_serde_compat")]
     pub start_latency: Duration,
+    /// Time spent waiting for a worker thread after the request (`queued_date`, job_state 2).
+    #[serde(default, with = "humantime_serde_compat")]
+    pub queue_delay: Duration,
     #[serde(rename = "step")]
     pub steps: Vec<StepConfig>,
 }

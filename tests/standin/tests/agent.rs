@@ -184,6 +184,34 @@ async fn double_start_and_unknown_job() {
 }
 
 #[tokio::test]
+async fn a_queued_job_waits_for_a_worker_thread() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    let job = s.agent().job_id("Queued").unwrap();
+    assert_eq!(start(&mut c, job).await.get::<i32, _>("rc"), Some(0));
+    wait_until!(
+        "queued",
+        async {
+            let p = poll(&mut c, job, 0).await;
+            let queued = p[2][0].get::<NaiveDateTime, _>("queued_date").is_some();
+            let state = p[1].first().and_then(|r| r.get::<i32, _>("job_state"));
+            (queued && state == Some(2)).then(|| {
+                assert!(
+                    p[2][0]
+                        .get::<NaiveDateTime, _>("start_execution_date")
+                        .is_none()
+                );
+            })
+        }
+        .await
+    );
+    let hist = history_until_outcome(&mut c, job, 0).await;
+    assert_eq!(hist.len(), 2);
+    let a = s.agent().activity(job).unwrap();
+    assert!(a.queued_date.is_some() && a.start_execution_date.is_some());
+}
+
+#[tokio::test]
 async fn retries_write_retry_rows_then_success() {
     let s = standin().await;
     let mut c = connect(&s).await;
@@ -367,7 +395,7 @@ async fn catalogue_shapes_and_failures() {
         .iter()
         .map(|r| r.get::<&str, _>("name").unwrap())
         .collect();
-    assert_eq!(names, ["Forever", "Quick", "Retrying"]);
+    assert_eq!(names, ["Forever", "Queued", "Quick", "Retrying"]);
     let r = rows(&mut c, "-- agentfleet:resolve_job", &[&"quick "]).await;
     assert_eq!(r[0].len(), 1);
     let j = &r[0][0];

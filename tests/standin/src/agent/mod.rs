@@ -48,6 +48,8 @@ pub enum StopMode {
 pub enum Phase {
     /// Accepted, not yet begun (a second start is refused as "pending request").
     Requested,
+    /// Waiting for a worker thread (`queued_date` set).
+    Queued,
     Executing,
     BetweenRetries,
 }
@@ -57,6 +59,7 @@ impl Phase {
     pub fn job_state(self) -> i32 {
         match self {
             Phase::Requested | Phase::Executing => 1,
+            Phase::Queued => 2,
             Phase::BetweenRetries => 3,
         }
     }

@@ -100,6 +100,16 @@ pub(super) async fn run(agent: Agent, job: JobDef, t: RunTokens) {
     if recorded.is_none() {
         return;
     }
+    if !job.queue_delay.is_zero() {
+        with_run(&agent, id, t.run_no, |s| {
+            let sess = s.live[&id].session_id;
+            s.msdb.activity_mut(sess, id).queued_date = Some(agent.clock.now_local_seconds());
+            if let Some(l) = s.live.get_mut(&id) {
+                l.phase = Phase::Queued;
+            }
+        });
+        pause!(Some(job.queue_delay));
+    }
     pause!(Some(job.start_latency - request_latency));
     with_run(&agent, id, t.run_no, |s| {
         let now = agent.clock.now_local();

@@ -153,6 +153,7 @@ pub struct JobDef {
     pub targeted: bool,
     pub start_step: i32,
     pub start_latency: Duration,
+    pub queue_delay: Duration,
     pub steps: Vec<StepDef>,
 }
 
@@ -168,6 +169,7 @@ impl JobDef {
             targeted: j.targeted,
             start_step: j.start_step,
             start_latency: j.start_latency,
+            queue_delay: j.queue_delay,
             steps: j
                 .steps
                 .iter()

@@ -115,6 +115,14 @@ pub fn poll(agent: &Agent, conn: &ConnInfo, p: &Params<'_>) -> Reply {
                 }
                 // A request not yet begun still reads as idle (the lag the notes call R1).
                 let row = match s.live.get(job_id) {
+                    Some(l) if l.phase == Phase::Queued => vec![
+                        Value::Int(0),
+                        Value::Int(0),
+                        Value::Int(0),
+                        Value::Int(l.phase.job_state()),
+                        Value::Int(4),
+                        Value::Str(l.requested_by.clone()),
+                    ],
                     Some(l) if l.phase != Phase::Requested => vec![
                         Value::Int(1),
                         Value::Int(l.current_step),

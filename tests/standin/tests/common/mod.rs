@@ -57,6 +57,14 @@ name = "after"
 duration = "20ms"
 
 [[job]]
+name = "Queued"
+start_latency = "10ms"
+queue_delay = "400ms"
+[[job.step]]
+name = "late"
+duration = "10ms"
+
+[[job]]
 name = "Forever"
 start_latency = "10ms"
 [[job.step]]
