@@ -267,6 +267,17 @@ impl JobsFile {
 mod tests {
     use super::*;
 
+    /// The jobs-file example in the README stays valid.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + 8;
+        let len = readme[start..].find("```").expect("end of block");
+        let f = JobsFile::parse(&readme[start..start + len]).unwrap();
+        assert_eq!(f.jobs[0].steps[0].retries, 2);
+        assert_eq!(f.agent.utc_offset, "+02:00");
+    }
+
     #[test]
     fn parses_minimal_and_rejects_unknown_keys() {
         let f = JobsFile::parse(
