@@ -49,11 +49,21 @@ pub async fn watch_to_end(
     execution_id: &str,
     timeout: Duration,
 ) -> Vec<Event> {
+    watch_after(client, execution_id, 0, timeout).await
+}
+
+/// Like [`watch_to_end`], for the events with `seq > after_seq`.
+pub async fn watch_after(
+    client: &mut SidecarClient<Channel>,
+    execution_id: &str,
+    after_seq: u64,
+    timeout: Duration,
+) -> Vec<Event> {
     let watch = async {
         let mut stream = client
             .watch(WatchRequest {
                 execution_id: execution_id.to_owned(),
-                after_seq: 0,
+                after_seq,
             })
             .await
             .unwrap_or_else(|s| panic!("Watch({execution_id}) failed: {s:?}"))
