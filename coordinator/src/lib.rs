@@ -1,9 +1,16 @@
 //! The agentfleet coordinator: runs a plan of jobs across a fleet of sidecars.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod commands;
+pub mod demo;
+pub mod dispatch;
+pub mod error;
 pub mod events;
-pub mod pki;
-pub mod report;
+pub mod execution;
+pub mod fleet;
 pub mod fleet_config;
+pub mod pki;
 pub mod plan;
+pub mod report;
 pub mod schedule;

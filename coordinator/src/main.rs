@@ -1,1 +1,63 @@
-fn main() {}
+//! `coordinator`: thin entry point. Parses arguments, sets up crypto and logging,
+//! runs the command, maps the result to the documented exit code.
+use clap::Parser;
+
+use agentfleet_coordinator::cli::{Cli, Command, PkiCommand};
+use agentfleet_coordinator::{commands, demo, error::CliError, pki};
+
+fn main() {
+    let cli = Cli::parse();
+    agentfleet_common::tls::install_crypto_provider();
+    agentfleet_common::telemetry::init(&cli.log, agentfleet_common::telemetry::LogFormat::Plain);
+    let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
+    let code = match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.code
+        }
+    };
+    // Don't wait for stray blocking tasks (e.g. a terminal reader) on the way out.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    std::process::exit(code);
+}
+
+async fn dispatch(command: Command) -> Result<i32, CliError> {
+    match command {
+        Command::Run(args) => commands::run(args, agentfleet_common::shutdown::install()).await,
+        Command::Validate(args) => commands::validate(args).await,
+        Command::Sidecars(args) => commands::sidecars(args).await,
+        Command::Jobs(args) => commands::jobs(args).await,
+        Command::Demo(args) => demo::run(args, agentfleet_common::shutdown::install()).await,
+        Command::Pki(PkiCommand::Init { dir }) => {
+            let paths = pki::init(&dir).map_err(|e| CliError::bad_input(e.to_string()))?;
+            eprintln!(
+                "created CA {} and {}",
+                paths.cert.display(),
+                paths.key.display()
+            );
+            Ok(0)
+        }
+        Command::Pki(PkiCommand::Issue {
+            dir,
+            name,
+            sidecar,
+            coordinator: _,
+            hosts,
+        }) => {
+            let role = if sidecar {
+                pki::Role::Sidecar
+            } else {
+                pki::Role::Coordinator
+            };
+            let issued = pki::issue(&dir, &name, role, &hosts)
+                .map_err(|e| CliError::bad_input(e.to_string()))?;
+            eprintln!(
+                "issued {} and {}",
+                issued.paths.cert.display(),
+                issued.paths.key.display()
+            );
+            Ok(0)
+        }
+    }
+}

@@ -58,6 +58,8 @@ pub struct Task {
     pub priority: i32,
     /// If the sidecar is lost mid-run, start again elsewhere.
     pub rerun_if_lost: bool,
+    /// Its failure (or skip) does not fail the run's exit code; dependants are still skipped.
+    pub optional: bool,
     /// The plan's defaults overridden by the task's own.
     pub params: BTreeMap<String, String>,
     /// The line of the task in the plan file (its `name`, else its `[[task]]`), for

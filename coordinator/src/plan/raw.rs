@@ -24,6 +24,7 @@ pub(crate) const TASK_KEYS: &[&str] = &[
     "timeout",
     "priority",
     "rerun_if_lost",
+    "optional",
     "params",
 ];
 
@@ -57,6 +58,8 @@ pub(crate) struct RawTask {
     pub priority: i32,
     #[serde(default)]
     pub rerun_if_lost: bool,
+    #[serde(default)]
+    pub optional: bool,
     #[serde(default)]
     pub params: BTreeMap<String, Spanned<toml::Value>>,
 }

@@ -150,6 +150,7 @@ impl TaskContext<'_> {
             timeout,
             priority: rt.priority,
             rerun_if_lost: rt.rerun_if_lost,
+            optional: rt.optional,
             params,
             line,
             key_lines,

@@ -1,0 +1,120 @@
+//! Command-line interface (PRODUCT.md "coordinator"). Every flag that configures the
+//! process has an `AGENTFLEET_*` environment twin.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "Run a plan of SQL Server Agent and command jobs across a fleet of sidecars",
+    after_help = "Exit codes: 0 every task succeeded, 1 a task failed/stopped/timed out, 2 bad input (nothing started), 3 fleet unreachable, 130 interrupted."
+)]
+pub struct Cli {
+    /// Log filter for diagnostics on stderr (e.g. "info", "agentfleet_coordinator=debug").
+    #[arg(long, global = true, env = "AGENTFLEET_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Self-contained tour: local sidecars with sample jobs (mTLS on), a sample plan, live progress.
+    Demo(DemoArgs),
+    /// Run a plan: place each task on a sidecar, follow every step live; exit code as documented.
+    Run(RunArgs),
+    /// Check a plan (and with --online, that every task's job is offered by an eligible sidecar).
+    Validate(ValidateArgs),
+    /// Each sidecar of the fleet: reachable, version, backends, slots, running executions.
+    Sidecars(FleetArgs),
+    /// The jobs a sidecar offers, with steps and typical duration.
+    Jobs(JobsArgs),
+    /// Private CA and certificates for mTLS (no openssl needed).
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Fleet file (a `[fleet]` table); default: the plan's own `[fleet]`.
+    #[arg(long, env = "AGENTFLEET_FLEET")]
+    pub fleet: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The plan file (TOML).
+    pub plan: PathBuf,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// One JSON object per event on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Print every log line of every job (plain output only; --json always has them).
+    #[arg(long, env = "AGENTFLEET_SHOW_LOGS")]
+    pub show_logs: bool,
+    /// After this long unreachable, a sidecar's executions count as lost.
+    #[arg(long, env = "AGENTFLEET_LOST_AFTER", default_value = "2m", value_parser = parse_duration)]
+    pub lost_after: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    pub plan: PathBuf,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Also ask the sidecars whether each task's job is offered by an eligible sidecar.
+    #[arg(long)]
+    pub online: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The sidecar's name in the fleet.
+    pub sidecar: String,
+    /// Fleet file (a `[fleet]` table).
+    #[arg(long, env = "AGENTFLEET_FLEET")]
+    pub fleet: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's working directory (certificates, configs, plan) here instead of a temporary one.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create a private CA: DIR/ca.pem and DIR/ca.key.
+    Init { dir: PathBuf },
+    /// Issue DIR/NAME.pem and DIR/NAME.key, signed by the CA in DIR.
+    Issue {
+        dir: PathBuf,
+        /// The certificate's name (what a sidecar's `allow_clients` matches).
+        name: String,
+        /// A server certificate for a sidecar.
+        #[arg(
+            long,
+            conflicts_with = "coordinator",
+            required_unless_present = "coordinator"
+        )]
+        sidecar: bool,
+        /// A client certificate for a coordinator.
+        #[arg(long)]
+        coordinator: bool,
+        /// Extra host names or IPs the sidecar certificate is valid for (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    agentfleet_common::duration::parse(s)
+}

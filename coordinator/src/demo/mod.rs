@@ -1,0 +1,224 @@
+//! `coordinator demo`: the whole tour on one machine, on embedded defaults. Creates a
+//! throw-away CA and certificates, starts three sidecars on 127.0.0.1 (mTLS on) with
+//! sample command jobs, and runs a sample plan over them with live progress.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DemoArgs, FleetArgs, RunArgs};
+use crate::error::CliError;
+use crate::pki;
+
+const PLAN: &str = include_str!("plan.toml");
+const JOBS: &str = include_str!("jobs.toml");
+
+/// The demo's sidecars and the jobs each offers (overlapping, so placement has choices).
+const SIDECARS: [(&str, &[&str]); 3] = [
+    (
+        "demo-a",
+        &[
+            "ETL - Stage Customers",
+            "ETL - Stage Products",
+            "ETL - Load Dimension",
+            "ETL - Load Facts",
+            "ETL - Build Aggregates",
+            "OPS - Archive Logs",
+        ],
+    ),
+    (
+        "demo-b",
+        &[
+            "ETL - Stage Orders",
+            "ETL - Stage Stores",
+            "ETL - Load Dimension",
+            "ETL - Load Facts",
+            "QA - Data Quality Checks",
+            "BI - Refresh Cube",
+        ],
+    ),
+    (
+        "demo-c",
+        &[
+            "ETL - Stage Customers",
+            "ETL - Stage Orders",
+            "ETL - Load Dimension",
+            "ETL - Build Aggregates",
+            "BI - Publish Report",
+            "QA - Data Quality Checks",
+        ],
+    ),
+];
+const SLOTS: u32 = 2;
+
+fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> CliError {
+    CliError::failed(format!("demo: failed to {what} `{}`: {e}", path.display()))
+}
+
+pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, CliError> {
+    let temp;
+    let dir: PathBuf = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| io_err("create", d, e))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("agentfleet-demo-")
+                .tempdir()
+                .map_err(|e| {
+                    CliError::failed(format!("demo: failed to create a temporary directory: {e}"))
+                })?;
+            temp.path().to_owned()
+        }
+    };
+    let pki_dir = dir.join("pki");
+    if !pki_dir.join("ca.pem").exists() {
+        pki::init(&pki_dir).map_err(|e| CliError::failed(e.to_string()))?;
+    }
+    pki::issue(&pki_dir, "coordinator", pki::Role::Coordinator, &[])
+        .map_err(|e| CliError::failed(e.to_string()))?;
+
+    eprintln!(
+        "agentfleet demo: a throw-away CA and certificates in {}",
+        pki_dir.display()
+    );
+    let shutdown = CancellationToken::new();
+    let mut servers = Vec::new();
+    let mut fleet = String::from(
+        "[fleet.tls]\nca = \"pki/ca.pem\"\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\n",
+    );
+    for (name, jobs) in SIDECARS {
+        pki::issue(&pki_dir, name, pki::Role::Sidecar, &[])
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        let config = write_sidecar_config(&dir, name, jobs)?;
+        let (addr, handle) = start_sidecar(&config, shutdown.clone()).await?;
+        eprintln!(
+            "  sidecar {name} listening on https://{addr} (mTLS, {SLOTS} slots, {} jobs)",
+            jobs.len()
+        );
+        fleet.push_str(&format!(
+            "\n[fleet.sidecars.{name}]\nendpoint = \"https://{addr}\"\n"
+        ));
+        servers.push(handle);
+    }
+    let fleet_path = dir.join("fleet.toml");
+    std::fs::write(&fleet_path, fleet).map_err(|e| io_err("write", &fleet_path, e))?;
+    let plan_path = dir.join("plan.toml");
+    std::fs::write(&plan_path, PLAN).map_err(|e| io_err("write", &plan_path, e))?;
+    eprintln!(
+        "  plan {} (13 tasks; `refresh-cube` fails on purpose and is optional)\n",
+        plan_path.display()
+    );
+
+    let result = crate::commands::run(
+        RunArgs {
+            plan: plan_path.clone(),
+            fleet: FleetArgs {
+                fleet: Some(fleet_path.clone()),
+            },
+            json: args.json,
+            show_logs: false,
+            lost_after: Duration::from_secs(30),
+        },
+        interrupt,
+    )
+    .await;
+
+    shutdown.cancel();
+    for handle in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(15), handle).await;
+    }
+    let code = result?;
+    let keep = if args.dir.is_some() {
+        format!(
+            "\nThe demo's files stay in {0}. Look further:\n  coordinator sidecars --fleet {1}\n  coordinator jobs demo-a --fleet {1}\n  coordinator validate {2} --fleet {1}\n",
+            dir.display(),
+            fleet_path.display(),
+            plan_path.display()
+        )
+    } else {
+        "\nRun `coordinator demo --dir ./agentfleet-demo` to keep the certificates, configs and plan and look further (`coordinator sidecars`, `coordinator jobs`).\n".to_owned()
+    };
+    eprintln!("{keep}");
+    Ok(code)
+}
+
+/// Writes `DIR/NAME/sidecar.toml` offering `jobs` from the embedded sample jobs.
+fn write_sidecar_config(dir: &Path, name: &str, jobs: &[&str]) -> Result<PathBuf, CliError> {
+    let all: toml::Table =
+        toml::from_str(JOBS).map_err(|e| CliError::failed(format!("demo jobs: {e}")))?;
+    let demo_dir = dir.display().to_string();
+    let selected: Vec<toml::Value> = all["job"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| {
+            j.get("name")
+                .and_then(|n| n.as_str())
+                .is_some_and(|n| jobs.contains(&n))
+        })
+        .cloned()
+        .map(|mut j| {
+            if let Some(t) = j.as_table_mut() {
+                let mut env = toml::Table::new();
+                env.insert("DEMO_DIR".into(), toml::Value::String(demo_dir.clone()));
+                t.insert("env".into(), toml::Value::Table(env));
+            }
+            j
+        })
+        .collect();
+    let mut config = toml::Table::new();
+    config.insert("name".into(), name.into());
+    config.insert("listen".into(), "127.0.0.1:0".into());
+    config.insert("slots".into(), i64::from(SLOTS).into());
+    config.insert("state_dir".into(), "state".into());
+    config.insert("stop_grace".into(), "3s".into());
+    let mut tls = toml::Table::new();
+    tls.insert("cert".into(), format!("../pki/{name}.pem").into());
+    tls.insert("key".into(), format!("../pki/{name}.key").into());
+    tls.insert("client_ca".into(), "../pki/ca.pem".into());
+    tls.insert(
+        "allow_clients".into(),
+        toml::Value::Array(vec!["coordinator".into()]),
+    );
+    config.insert("tls".into(), toml::Value::Table(tls));
+    config.insert("job".into(), toml::Value::Array(selected));
+    let sidecar_dir = dir.join(name);
+    std::fs::create_dir_all(&sidecar_dir).map_err(|e| io_err("create", &sidecar_dir, e))?;
+    let path = sidecar_dir.join("sidecar.toml");
+    let text = toml::to_string_pretty(&config)
+        .map_err(|e| CliError::failed(format!("demo config: {e}")))?;
+    std::fs::write(&path, text).map_err(|e| io_err("write", &path, e))?;
+    Ok(path)
+}
+
+/// Starts a sidecar in this process from its config file; returns its address.
+async fn start_sidecar(
+    config_path: &Path,
+    shutdown: CancellationToken,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), CliError> {
+    let flags = agentfleet_sidecar::config::Flags {
+        config: Some(config_path.to_owned()),
+        ..Default::default()
+    };
+    let config = agentfleet_sidecar::config::load(&flags, &|_| None)
+        .map_err(|e| CliError::failed(format!("demo sidecar: {e}")))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| CliError::failed(format!("demo: failed to bind 127.0.0.1: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let backends = agentfleet_sidecar::server::backends(&config)
+        .await
+        .map_err(|e| CliError::failed(format!("demo sidecar: {e}")))?;
+    let handle = tokio::spawn(async move {
+        if let Err(e) =
+            agentfleet_sidecar::server::serve(&config, backends, listener, shutdown).await
+        {
+            eprintln!("demo sidecar stopped: {e}");
+        }
+    });
+    Ok((addr, handle))
+}

@@ -1,0 +1,524 @@
+//! The run loop. One dispatcher owns the run's state: which tasks wait, which are ready,
+//! where each attempt runs. It asks `schedule::place` where ready tasks go, spawns one
+//! executor per execution, and turns executor messages into run events for reporters.
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{At, RunEvent, RunEventKind, TaskOutcome, TaskSummary};
+use crate::execution::{self, ExecMsg, ExecResult, ExecutionSpec, Refusal};
+use crate::fleet::{Sidecar, SidecarInfo};
+use crate::plan::Plan;
+use crate::schedule::{self, ReadyTask, SidecarState};
+
+/// How long a sidecar that refused a start (busy, unreachable) is passed over.
+const REFUSAL_COOLDOWN: Duration = Duration::from_secs(2);
+/// Capacity of the executor → dispatcher channel (backpressure on executors).
+const EXEC_CHANNEL: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// A sidecar unreachable this long has lost its executions.
+    pub lost_after: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            lost_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How the run ended.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub exit_code: i32,
+    pub summary: Vec<TaskSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Ready,
+    Running { sidecar: String },
+    Done(TaskOutcome),
+}
+
+struct TaskRun {
+    state: State,
+    attempts: u32,
+    remaining_deps: usize,
+    avoid: Vec<String>,
+    sidecar: Option<String>,
+    first_start: Option<Instant>,
+    duration: Duration,
+    message: String,
+}
+
+/// Why the run is stopping early, if it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stopping {
+    No,
+    Interrupted,
+    FailFast,
+    RunTimeout,
+}
+
+pub struct Dispatcher<'a> {
+    plan: &'a Plan,
+    run_id: String,
+    sidecars: BTreeMap<String, Sidecar>,
+    states: Vec<SidecarState>,
+    cooldown: BTreeMap<String, Instant>,
+    expected_ms: BTreeMap<String, u64>,
+    tasks: Vec<TaskRun>,
+    events: mpsc::Sender<RunEvent>,
+    stop_all: CancellationToken,
+    stopping: Stopping,
+    options: RunOptions,
+    running: usize,
+}
+
+impl<'a> Dispatcher<'a> {
+    pub fn new(
+        plan: &'a Plan,
+        run_id: String,
+        sidecars: Vec<Sidecar>,
+        infos: &BTreeMap<String, SidecarInfo>,
+        events: mpsc::Sender<RunEvent>,
+        options: RunOptions,
+    ) -> Self {
+        let states = sidecars
+            .iter()
+            .map(|s| sidecar_state(&s.name, infos.get(&s.name)))
+            .collect();
+        let tasks = plan
+            .tasks
+            .iter()
+            .map(|t| TaskRun {
+                state: if t.after.is_empty() {
+                    State::Ready
+                } else {
+                    State::Waiting
+                },
+                attempts: 0,
+                remaining_deps: t.after.len(),
+                avoid: Vec::new(),
+                sidecar: None,
+                first_start: None,
+                duration: Duration::ZERO,
+                message: String::new(),
+            })
+            .collect();
+        Self {
+            plan,
+            run_id,
+            sidecars: sidecars.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            states,
+            cooldown: BTreeMap::new(),
+            expected_ms: expected_durations(infos),
+            tasks,
+            events,
+            stop_all: CancellationToken::new(),
+            stopping: Stopping::No,
+            options,
+            running: 0,
+        }
+    }
+
+    /// Tasks whose job no reachable eligible sidecar offers, with the reason. Checked
+    /// before anything starts.
+    pub fn unplaceable(&self) -> Vec<(String, String)> {
+        self.plan
+            .tasks
+            .iter()
+            .filter_map(|t| {
+                schedule::unplaceable_reason(&self.ready_task(t.index), &self.states)
+                    .map(|why| (t.name.clone(), why))
+            })
+            .collect()
+    }
+
+    /// Runs the plan to its end. `interrupt` is the user's Ctrl-C.
+    pub async fn run(mut self, interrupt: CancellationToken) -> RunResult {
+        let started = Instant::now();
+        self.emit(RunEventKind::RunStarted {
+            plan: self.plan.name.clone(),
+            tasks: self.plan.tasks.len(),
+            sidecars: self.sidecars.keys().cloned().collect(),
+        })
+        .await;
+        let (tx, mut rx) = mpsc::channel(EXEC_CHANNEL);
+        let run_deadline = self.plan.timeout.map(|t| tokio::time::Instant::now() + t);
+
+        loop {
+            let now = Instant::now();
+            self.cooldown.retain(|_, until| *until > now);
+            if self.stopping == Stopping::No {
+                self.place_ready(&tx).await;
+            }
+            if self.running == 0 && (self.stopping != Stopping::No || self.all_done()) {
+                break;
+            }
+            // Wake when the first refusal cooldown ends, to place again.
+            let cooldown_end = self
+                .cooldown
+                .values()
+                .min()
+                .map(|t| tokio::time::Instant::from_std(*t));
+            tokio::select! {
+                Some(msg) = rx.recv() => self.on_message(msg).await,
+                _ = interrupt.cancelled(), if self.stopping == Stopping::No => {
+                    self.stop_run(Stopping::Interrupted, "run interrupted").await;
+                }
+                _ = sleep_until(run_deadline), if self.stopping == Stopping::No && run_deadline.is_some() => {
+                    self.stop_run(Stopping::RunTimeout, "the plan's timeout expired").await;
+                }
+                _ = sleep_until(cooldown_end), if cooldown_end.is_some() => {}
+            }
+        }
+        self.finish(started).await
+    }
+
+    fn all_done(&self) -> bool {
+        self.tasks.iter().all(|t| matches!(t.state, State::Done(_)))
+    }
+
+    fn ready_task(&self, index: usize) -> ReadyTask {
+        let task = &self.plan.tasks[index];
+        ReadyTask {
+            task: index,
+            job: task.job.clone(),
+            on: task.on.clone(),
+            priority: task.priority,
+            expected_ms: self.expected_ms.get(&task.job).copied(),
+            avoid: self.tasks[index].avoid.clone(),
+        }
+    }
+
+    async fn place_ready(&mut self, tx: &mpsc::Sender<ExecMsg>) {
+        let ready: Vec<ReadyTask> = (0..self.tasks.len())
+            .filter(|&i| self.tasks[i].state == State::Ready)
+            .map(|i| self.ready_task(i))
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        // A task nothing can ever run fails now rather than waiting forever.
+        for r in &ready {
+            if let Some(why) = schedule::unplaceable_reason(r, &self.states) {
+                self.complete(r.task, TaskOutcome::Failed, why).await;
+            }
+        }
+        let max_parallel = self.plan.max_parallel.unwrap_or(usize::MAX);
+        let free_parallel = max_parallel.saturating_sub(self.running);
+        let states: Vec<SidecarState> = self
+            .states
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.reachable &= !self.cooldown.contains_key(&s.name);
+                s
+            })
+            .collect();
+        let ready: Vec<ReadyTask> = ready
+            .into_iter()
+            .filter(|r| self.tasks[r.task].state == State::Ready)
+            .collect();
+        for placement in schedule::place(&ready, &states, free_parallel) {
+            self.launch(placement.task, &placement.sidecar, tx).await;
+        }
+    }
+
+    async fn launch(&mut self, index: usize, sidecar_name: &str, tx: &mpsc::Sender<ExecMsg>) {
+        let task = &self.plan.tasks[index];
+        let run = &mut self.tasks[index];
+        run.attempts += 1;
+        run.state = State::Running {
+            sidecar: sidecar_name.to_owned(),
+        };
+        run.sidecar = Some(sidecar_name.to_owned());
+        run.first_start.get_or_insert_with(Instant::now);
+        self.running += 1;
+        if let Some(state) = self.states.iter_mut().find(|s| s.name == sidecar_name) {
+            state.running += 1;
+            state.running_jobs.insert(task.job.clone());
+        }
+        let at = At {
+            task: task.name.clone(),
+            attempt: run.attempts,
+            sidecar: sidecar_name.to_owned(),
+            execution_id: agentfleet_common::ids::new_execution_id(),
+        };
+        self.emit(RunEventKind::TaskPlaced { at: at.clone() }).await;
+        let lost_after = if task.rerun_if_lost {
+            self.options.lost_after
+        } else {
+            // Not rerunnable: wait for the sidecar to come back, up to the task timeout.
+            self.options
+                .lost_after
+                .max(task.timeout.unwrap_or_default())
+        };
+        let spec = ExecutionSpec {
+            run_id: self.run_id.clone(),
+            task_index: index,
+            at,
+            job: task.job.clone(),
+            params: task.params.clone(),
+            timeout: task.timeout,
+            lost_after,
+        };
+        let sidecar = self.sidecars[sidecar_name].clone();
+        tokio::spawn(execution::run(
+            sidecar,
+            spec,
+            tx.clone(),
+            self.stop_all.child_token(),
+        ));
+    }
+
+    async fn on_message(&mut self, msg: ExecMsg) {
+        match msg {
+            ExecMsg::Event { kind, .. } => self.emit(kind).await,
+            ExecMsg::Done { task_index, result } => self.on_done(task_index, result).await,
+        }
+    }
+
+    async fn on_done(&mut self, index: usize, result: ExecResult) {
+        let State::Running { sidecar } = self.tasks[index].state.clone() else {
+            return;
+        };
+        let job = &self.plan.tasks[index].job;
+        self.running -= 1;
+        if let Some(state) = self.states.iter_mut().find(|s| s.name == sidecar) {
+            state.running = state.running.saturating_sub(1);
+            state.running_jobs.remove(job);
+        }
+        match result {
+            ExecResult::Refused { refusal, message } => {
+                tracing::debug!(%sidecar, ?refusal, %message, "start refused; placing again");
+                let run = &mut self.tasks[index];
+                run.attempts -= 1;
+                run.state = if self.stopping == Stopping::No {
+                    State::Ready
+                } else {
+                    State::Done(TaskOutcome::Canceled)
+                };
+                if refusal == Refusal::AlreadyRunning {
+                    // Someone else runs it there: prefer another sidecar for a while.
+                    run.avoid.push(sidecar.clone());
+                }
+                self.cooldown
+                    .insert(sidecar, Instant::now() + REFUSAL_COOLDOWN);
+                if self.stopping != Stopping::No {
+                    self.finish_unstarted(
+                        index,
+                        TaskOutcome::Canceled,
+                        "run stopped before it started".into(),
+                    )
+                    .await;
+                }
+            }
+            ExecResult::Finished {
+                outcome,
+                message,
+                duration,
+            } => {
+                let task = &self.plan.tasks[index];
+                let retryable = match outcome {
+                    TaskOutcome::Failed | TaskOutcome::TimedOut => true,
+                    TaskOutcome::Lost => task.rerun_if_lost,
+                    _ => false,
+                };
+                let run = &mut self.tasks[index];
+                run.duration += duration;
+                let attempt = run.attempts;
+                let will_retry =
+                    retryable && attempt <= task.retries && self.stopping == Stopping::No;
+                self.emit(RunEventKind::TaskFinished {
+                    task: task.name.clone(),
+                    attempt,
+                    sidecar: Some(sidecar.clone()),
+                    execution_id: None,
+                    status: outcome,
+                    message: message.clone(),
+                    duration_ms: duration.as_millis() as u64,
+                    will_retry,
+                })
+                .await;
+                if will_retry {
+                    let run = &mut self.tasks[index];
+                    run.avoid.push(sidecar);
+                    run.state = State::Ready;
+                } else {
+                    self.settle(index, outcome, message).await;
+                }
+            }
+        }
+    }
+
+    /// Marks a task done (its TaskFinished already emitted), then releases its
+    /// dependants, or skips everything downstream of it.
+    async fn settle(&mut self, index: usize, outcome: TaskOutcome, message: String) {
+        let run = &mut self.tasks[index];
+        run.state = State::Done(outcome);
+        run.message = message;
+        if outcome == TaskOutcome::Succeeded {
+            for &d in self.plan.dependants(index) {
+                let dep = &mut self.tasks[d];
+                dep.remaining_deps -= 1;
+                if dep.remaining_deps == 0 && dep.state == State::Waiting {
+                    dep.state = State::Ready;
+                }
+            }
+            return;
+        }
+        // Skip everything downstream, breadth first, naming the task that failed.
+        let name = self.plan.tasks[index].name.clone();
+        let why = format!("`{name}` {}", outcome.as_str());
+        let mut queue: std::collections::VecDeque<usize> =
+            self.plan.dependants(index).iter().copied().collect();
+        while let Some(d) = queue.pop_front() {
+            if matches!(self.tasks[d].state, State::Done(_) | State::Running { .. }) {
+                continue;
+            }
+            self.finish_unstarted(d, TaskOutcome::Skipped, why.clone())
+                .await;
+            queue.extend(self.plan.dependants(d).iter().copied());
+        }
+        if self.plan.fail_fast && self.stopping == Stopping::No && outcome != TaskOutcome::Canceled
+        {
+            self.stop_run(
+                Stopping::FailFast,
+                &format!("fail_fast: `{name}` {}", outcome.as_str()),
+            )
+            .await;
+        }
+    }
+
+    /// Ends a task that is not running (skipped, canceled) without touching dependants.
+    async fn finish_unstarted(&mut self, index: usize, outcome: TaskOutcome, message: String) {
+        let task = &self.plan.tasks[index];
+        let run = &mut self.tasks[index];
+        run.state = State::Done(outcome);
+        run.message = message.clone();
+        let event = RunEventKind::TaskFinished {
+            task: task.name.clone(),
+            attempt: run.attempts,
+            sidecar: run.sidecar.clone(),
+            execution_id: None,
+            status: outcome,
+            message,
+            duration_ms: 0,
+            will_retry: false,
+        };
+        self.emit(event).await;
+    }
+
+    /// Fails a task that can never be placed, and skips what depends on it.
+    async fn complete(&mut self, index: usize, outcome: TaskOutcome, message: String) {
+        self.finish_unstarted(index, outcome, message.clone()).await;
+        self.settle(index, outcome, message).await;
+    }
+
+    /// Stops starting tasks, stops running executions on their sidecars, and ends every
+    /// task that has not started.
+    async fn stop_run(&mut self, why: Stopping, message: &str) {
+        self.stopping = why;
+        self.stop_all.cancel();
+        for i in 0..self.tasks.len() {
+            if matches!(self.tasks[i].state, State::Waiting | State::Ready) {
+                let outcome = if why == Stopping::FailFast {
+                    TaskOutcome::Skipped
+                } else {
+                    TaskOutcome::Canceled
+                };
+                self.finish_unstarted(i, outcome, format!("not started: {message}"))
+                    .await;
+            }
+        }
+    }
+
+    async fn finish(self, started: Instant) -> RunResult {
+        let summary: Vec<TaskSummary> = self
+            .plan
+            .tasks
+            .iter()
+            .zip(&self.tasks)
+            .map(|(task, run)| TaskSummary {
+                task: task.name.clone(),
+                sidecar: run.sidecar.clone(),
+                attempts: run.attempts,
+                duration_ms: run.duration.as_millis() as u64,
+                status: match run.state {
+                    State::Done(o) => o,
+                    _ => TaskOutcome::Canceled,
+                },
+                message: run.message.clone(),
+            })
+            .collect();
+        // Optional tasks may fail (or be skipped) without failing the run.
+        let all_ok = summary.iter().zip(&self.plan.tasks).all(|(s, t)| {
+            s.status == TaskOutcome::Succeeded
+                || (t.optional
+                    && matches!(
+                        s.status,
+                        TaskOutcome::Failed | TaskOutcome::Skipped | TaskOutcome::TimedOut
+                    ))
+        });
+        let (status, exit_code) = match self.stopping {
+            Stopping::Interrupted => ("interrupted", 130),
+            _ if all_ok => ("succeeded", 0),
+            Stopping::RunTimeout => ("timed_out", 1),
+            _ => ("failed", 1),
+        };
+        self.emit(RunEventKind::RunFinished {
+            status,
+            exit_code,
+            duration_ms: started.elapsed().as_millis() as u64,
+            summary: summary.clone(),
+        })
+        .await;
+        RunResult { exit_code, summary }
+    }
+
+    async fn emit(&self, kind: RunEventKind) {
+        let event = RunEvent::new(&self.run_id, agentfleet_common::now_ms(), kind);
+        let _ = self.events.send(event).await;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn sidecar_state(name: &str, info: Option<&SidecarInfo>) -> SidecarState {
+    let describe = info.and_then(|i| i.describe.clone()).unwrap_or_default();
+    SidecarState {
+        name: name.to_owned(),
+        offers: info.map(SidecarInfo::offers).unwrap_or_default(),
+        slots: describe.slots as usize,
+        running: describe.running as usize,
+        running_jobs: describe.running_jobs.into_iter().collect(),
+        reachable: info.is_some_and(|i| i.reachable),
+    }
+}
+
+/// Expected duration per job: the largest median any sidecar reports (pessimistic, so
+/// long jobs start early).
+fn expected_durations(infos: &BTreeMap<String, SidecarInfo>) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for job in infos.values().flat_map(|i| &i.jobs) {
+        if let Some(stats) = job.stats.as_ref().filter(|s| s.count > 0) {
+            let e = out.entry(job.name.clone()).or_default();
+            *e = (*e).max(stats.median_ms);
+        }
+    }
+    out
+}
