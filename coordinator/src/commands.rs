@@ -101,7 +101,9 @@ pub async fn run(args: RunArgs, interrupt: CancellationToken) -> Result<i32, Cli
     let dispatcher = Dispatcher::new(&plan, run_id.clone(), sidecars, &infos, tx, options);
     check_placeable(&plan, &dispatcher, &infos)?;
     let reporting = spawn_reporters(rx, args.json, args.show_logs);
-    let result = dispatcher.run(interrupt).await;
+    let result = dispatcher
+        .run(interrupt, CancellationToken::new(), BTreeMap::new())
+        .await;
     let _ = reporting.await;
     Ok(result.exit_code)
 }

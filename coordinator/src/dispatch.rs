@@ -32,6 +32,28 @@ impl Default for RunOptions {
     }
 }
 
+/// What an earlier coordinator of the same run recorded about a task (from the store).
+#[derive(Debug, Clone, Default)]
+pub struct PriorTask {
+    /// Final outcome, if the task had finished.
+    pub outcome: Option<TaskOutcome>,
+    pub attempts: u32,
+    pub sidecar: Option<String>,
+    pub duration: Duration,
+    pub message: String,
+    /// The execution that was running, to re-attach to.
+    pub running: Option<PriorExecution>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PriorExecution {
+    pub execution_id: String,
+    pub attempt: u32,
+    pub sidecar: String,
+    /// Last sidecar sequence number stored: resume watching after it.
+    pub last_seq: u64,
+}
+
 /// How the run ended.
 #[derive(Debug, Clone)]
 pub struct RunResult {
@@ -63,6 +85,8 @@ struct TaskRun {
 enum Stopping {
     No,
     Interrupted,
+    /// `coordinator cancel RUN`.
+    Canceled,
     FailFast,
     RunTimeout,
 }
@@ -74,6 +98,8 @@ pub struct Dispatcher<'a> {
     states: Vec<SidecarState>,
     cooldown: BTreeMap<String, Instant>,
     expected_ms: BTreeMap<String, u64>,
+    /// (sidecar, job) → (backend, declared parameters), from ListJobs.
+    declared: BTreeMap<(String, String), (String, Vec<String>)>,
     tasks: Vec<TaskRun>,
     events: mpsc::Sender<RunEvent>,
     stop_all: CancellationToken,
@@ -120,6 +146,17 @@ impl<'a> Dispatcher<'a> {
             states,
             cooldown: BTreeMap::new(),
             expected_ms: expected_durations(infos),
+            declared: infos
+                .iter()
+                .flat_map(|(sidecar, info)| {
+                    info.jobs.iter().map(move |j| {
+                        (
+                            (sidecar.clone(), j.name.clone()),
+                            (j.backend.clone(), j.params.clone()),
+                        )
+                    })
+                })
+                .collect(),
             tasks,
             events,
             stop_all: CancellationToken::new(),
@@ -137,13 +174,72 @@ impl<'a> Dispatcher<'a> {
             .iter()
             .filter_map(|t| {
                 schedule::unplaceable_reason(&self.ready_task(t.index), &self.states)
+                    .or_else(|| self.param_problem(t.index))
                     .map(|why| (t.name.clone(), why))
             })
             .collect()
     }
 
-    /// Runs the plan to its end. `interrupt` is the user's Ctrl-C.
-    pub async fn run(mut self, interrupt: CancellationToken) -> RunResult {
+    /// Parameters the task sets itself (not plan defaults) that a sidecar offering its job
+    /// does not declare. Nothing over the wire becomes a command line, and SQL Server Agent
+    /// jobs take no parameters at all (sp_start_job has none).
+    fn param_problem(&self, index: usize) -> Option<String> {
+        let task = &self.plan.tasks[index];
+        let own: Vec<&String> = task
+            .params
+            .iter()
+            .filter(|(k, v)| self.plan.params.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .collect();
+        if own.is_empty() {
+            return None;
+        }
+        for ((sidecar, job), (backend, declared)) in &self.declared {
+            if job != &task.job || !(task.on.is_empty() || task.on.contains(sidecar)) {
+                continue;
+            }
+            if backend == "sqlagent" {
+                return Some(format!(
+                    "job `{job}` on `{sidecar}` is a SQL Server Agent job, which takes no parameters (sp_start_job has none); remove `params` from this task"
+                ));
+            }
+            if let Some(p) = own.iter().find(|p| !declared.contains(p)) {
+                return Some(format!(
+                    "parameter `{p}` is not declared by job `{job}` on `{sidecar}` (it declares: {}); declare it with `params = [...]` in the sidecar's [[job]]",
+                    if declared.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        declared.join(", ")
+                    }
+                ));
+            }
+        }
+        None
+    }
+
+    /// The task's parameters the job on `sidecar` declares (plan defaults it does not
+    /// declare are not sent).
+    fn params_for(&self, index: usize, sidecar: &str) -> BTreeMap<String, String> {
+        let task = &self.plan.tasks[index];
+        let declared = self.declared.get(&(sidecar.to_owned(), task.job.clone()));
+        task.params
+            .iter()
+            .filter(|(k, _)| declared.is_some_and(|(_, d)| d.contains(k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Runs the plan to its end. `interrupt` is the user's Ctrl-C (stop what we started,
+    /// exit 130); `cancel` is `coordinator cancel RUN` (stop, exit 1). `prior` is what an
+    /// earlier coordinator of this run already did (empty for a new run): finished tasks
+    /// stay finished, running executions are watched again from their stored sequence
+    /// number, nothing is started twice.
+    pub async fn run(
+        mut self,
+        interrupt: CancellationToken,
+        cancel: CancellationToken,
+        prior: BTreeMap<String, PriorTask>,
+    ) -> RunResult {
         let started = Instant::now();
         self.emit(RunEventKind::RunStarted {
             plan: self.plan.name.clone(),
@@ -153,6 +249,7 @@ impl<'a> Dispatcher<'a> {
         .await;
         let (tx, mut rx) = mpsc::channel(EXEC_CHANNEL);
         let run_deadline = self.plan.timeout.map(|t| tokio::time::Instant::now() + t);
+        self.restore(prior, &tx).await;
 
         loop {
             let now = Instant::now();
@@ -173,6 +270,9 @@ impl<'a> Dispatcher<'a> {
                 Some(msg) = rx.recv() => self.on_message(msg).await,
                 _ = interrupt.cancelled(), if self.stopping == Stopping::No => {
                     self.stop_run(Stopping::Interrupted, "run interrupted").await;
+                }
+                _ = cancel.cancelled(), if self.stopping == Stopping::No => {
+                    self.stop_run(Stopping::Canceled, "run canceled").await;
                 }
                 _ = sleep_until(run_deadline), if self.stopping == Stopping::No && run_deadline.is_some() => {
                     self.stop_run(Stopping::RunTimeout, "the plan's timeout expired").await;
@@ -233,7 +333,67 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
+    /// Applies what an earlier coordinator of this run did.
+    async fn restore(&mut self, prior: BTreeMap<String, PriorTask>, tx: &mpsc::Sender<ExecMsg>) {
+        if prior.is_empty() {
+            return;
+        }
+        for (index, task) in self.plan.tasks.iter().enumerate() {
+            let Some(p) = prior.get(&task.name) else {
+                continue;
+            };
+            let run = &mut self.tasks[index];
+            run.attempts = p.attempts;
+            run.sidecar = p.sidecar.clone();
+            run.duration = p.duration;
+            run.message = p.message.clone();
+            if let Some(outcome) = p.outcome {
+                run.state = State::Done(outcome);
+            }
+        }
+        // Dependencies: count only those not yet succeeded.
+        for index in 0..self.tasks.len() {
+            if matches!(self.tasks[index].state, State::Done(_)) {
+                continue;
+            }
+            let remaining = self.plan.tasks[index]
+                .after
+                .iter()
+                .filter(|&&d| self.tasks[d].state != State::Done(TaskOutcome::Succeeded))
+                .count();
+            let run = &mut self.tasks[index];
+            run.remaining_deps = remaining;
+            run.state = if remaining == 0 {
+                State::Ready
+            } else {
+                State::Waiting
+            };
+        }
+        for (index, task) in self.plan.tasks.iter().enumerate() {
+            let Some(exec) = prior.get(&task.name).and_then(|p| p.running.clone()) else {
+                continue;
+            };
+            if self.tasks[index].state == State::Ready && self.sidecars.contains_key(&exec.sidecar)
+            {
+                self.tasks[index].attempts = exec.attempt.saturating_sub(1);
+                let sidecar = exec.sidecar.clone();
+                self.launch_execution(index, &sidecar, Some(exec), tx).await;
+            }
+        }
+    }
+
     async fn launch(&mut self, index: usize, sidecar_name: &str, tx: &mpsc::Sender<ExecMsg>) {
+        self.launch_execution(index, sidecar_name, None, tx).await;
+    }
+
+    /// Starts (or, with `existing`, re-attaches to) one execution of task `index`.
+    async fn launch_execution(
+        &mut self,
+        index: usize,
+        sidecar_name: &str,
+        existing: Option<PriorExecution>,
+        tx: &mpsc::Sender<ExecMsg>,
+    ) {
         let task = &self.plan.tasks[index];
         let run = &mut self.tasks[index];
         run.attempts += 1;
@@ -251,7 +411,10 @@ impl<'a> Dispatcher<'a> {
             task: task.name.clone(),
             attempt: run.attempts,
             sidecar: sidecar_name.to_owned(),
-            execution_id: agentfleet_common::ids::new_execution_id(),
+            execution_id: existing
+                .as_ref()
+                .map(|e| e.execution_id.clone())
+                .unwrap_or_else(agentfleet_common::ids::new_execution_id),
         };
         self.emit(RunEventKind::TaskPlaced { at: at.clone() }).await;
         let lost_after = if task.rerun_if_lost {
@@ -267,9 +430,10 @@ impl<'a> Dispatcher<'a> {
             task_index: index,
             at,
             job: task.job.clone(),
-            params: task.params.clone(),
+            params: self.params_for(index, sidecar_name),
             timeout: task.timeout,
             lost_after,
+            resume_after_seq: existing.map_or(0, |e| e.last_seq),
         };
         let sidecar = self.sidecars[sidecar_name].clone();
         tokio::spawn(execution::run(
@@ -471,6 +635,7 @@ impl<'a> Dispatcher<'a> {
         });
         let (status, exit_code) = match self.stopping {
             Stopping::Interrupted => ("interrupted", 130),
+            Stopping::Canceled => ("canceled", 1),
             _ if all_ok => ("succeeded", 0),
             Stopping::RunTimeout => ("timed_out", 1),
             _ => ("failed", 1),

@@ -123,6 +123,15 @@ pub enum RunEventKind {
         /// True when another attempt follows.
         will_retry: bool,
     },
+    /// Internal, not part of the `--json` contract: the executor has passed on every event
+    /// of `at.execution_id` up to the sidecar's sequence number `seq`. The store saves it in
+    /// the same transaction as those events, so a watch resumed from the stored `seq` neither
+    /// repeats nor misses any.
+    ExecutionSeq {
+        #[serde(flatten)]
+        at: At,
+        seq: u64,
+    },
     RunFinished {
         /// succeeded | failed | canceled | interrupted
         status: &'static str,

@@ -22,6 +22,9 @@ pub struct ExecutionSpec {
     pub timeout: Option<Duration>,
     /// After this long without reaching the sidecar, the execution counts as lost.
     pub lost_after: Duration,
+    /// Resume watching after this sidecar sequence number (0 for a new execution; the
+    /// stored `last_seq` when re-attaching to a run).
+    pub resume_after_seq: u64,
 }
 
 /// Messages from executors to the dispatcher (one bounded channel, backpressure).
@@ -91,7 +94,7 @@ async fn drive(
     let mut watcher = Watcher {
         spec,
         tx,
-        last_seq: 0,
+        last_seq: spec.resume_after_seq,
     };
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut stop_reason: Option<(TaskOutcome, String)> = None;
@@ -282,7 +285,19 @@ impl Watcher<'_> {
         if event.seq <= self.last_seq {
             return None; // already seen before a reconnect
         }
-        self.last_seq = event.seq;
+        let seq = event.seq;
+        let outcome = self.translate(event).await;
+        self.last_seq = seq;
+        self.send(RunEventKind::ExecutionSeq {
+            at: self.spec.at.clone(),
+            seq,
+        })
+        .await;
+        outcome
+    }
+
+    /// Sends the run events for one sidecar event; the outcome if it is Finished.
+    async fn translate(&mut self, event: proto::Event) -> Option<(TaskOutcome, String)> {
         let at = || self.spec.at.clone();
         let kind = match event.kind? {
             Kind::Accepted(_) => return None,

@@ -50,6 +50,9 @@ impl<W: Write + Send> JsonLines<W> {
     }
 
     fn write(&mut self, ev: &RunEvent) -> std::io::Result<()> {
+        if matches!(ev.kind, RunEventKind::ExecutionSeq { .. }) {
+            return Ok(()); // internal bookkeeping, not part of the --json contract
+        }
         serde_json::to_writer(&mut self.out, ev)?;
         self.out.write_all(b"\n")?;
         if matches!(ev.kind, RunEventKind::Log { .. }) {

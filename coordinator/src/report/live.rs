@@ -305,7 +305,7 @@ impl Reporter for LiveReporter {
                     r.bar.set_message(r.step.clone());
                 }
             }
-            RunEventKind::StepFinished { .. } => {}
+            RunEventKind::StepFinished { .. } | RunEventKind::ExecutionSeq { .. } => {}
             RunEventKind::Log {
                 at, stream, line, ..
             } => {

@@ -59,6 +59,7 @@ impl<W: Write + Send> PlainReporter<W> {
     fn text(&mut self, ev: &RunEvent) -> Option<String> {
         let c = self.color;
         Some(match &ev.kind {
+            RunEventKind::ExecutionSeq { .. } => return None,
             RunEventKind::RunStarted {
                 plan,
                 tasks,
