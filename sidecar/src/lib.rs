@@ -3,5 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod config;
 pub mod events;
+pub mod executions;
 pub mod process;
+pub mod journal;
+pub mod server;

@@ -1,0 +1,300 @@
+//! The durable per-execution journal under `state_dir/executions/<execution_id>/`:
+//!
+//! - `execution.json`: the record (who asked for what), written and fsynced before the
+//!   backend is asked to start, so a crash never leaves a started job nobody knows about;
+//! - `events.pb`: the execution's events, append-only, each a length-delimited prost
+//!   `Event` with its sequence number (1, 2, 3, … without gaps).
+//!
+//! One writer task per execution appends (see `writer`); watchers read the file (see
+//! `reader`), woken through a `watch` channel carrying `Progress`. Nothing holds all of an
+//! execution's events in memory.
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use agentfleet_common::proto::{self, Event, event::Kind};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+pub mod reader;
+pub mod writer;
+
+const RECORD_FILE: &str = "execution.json";
+const EVENTS_FILE: &str = "events.pb";
+
+/// What was asked for: written once, before the backend starts anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionRecord {
+    pub execution_id: String,
+    pub job: String,
+    pub backend: String,
+    #[serde(default)]
+    pub run_id: String,
+    #[serde(default)]
+    pub task: String,
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+    pub accepted_at_ms: i64,
+}
+
+/// How far an execution's journal has got; published on a `watch` after each append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Sequence number of the last event on disk.
+    pub last_seq: u64,
+    /// A Started event is on disk.
+    pub started: bool,
+    /// The Finished event, once on disk.
+    pub finished: Option<Finish>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finish {
+    pub outcome: proto::Outcome,
+    pub message: String,
+    pub at_ms: i64,
+}
+
+impl Progress {
+    /// Folds one appended event into the progress.
+    pub fn observe(&mut self, event: &Event) {
+        self.last_seq = event.seq;
+        match &event.kind {
+            Some(Kind::Started(_)) => self.started = true,
+            Some(Kind::Finished(f)) => {
+                self.finished = Some(Finish {
+                    outcome: proto::Outcome::try_from(f.outcome)
+                        .unwrap_or(proto::Outcome::Unspecified),
+                    message: f.message.clone(),
+                    at_ms: event.ts_ms,
+                })
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("failed to {action} `{}`: {source}; check that the state_dir is writable and the disk has space", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
+    let path = path.to_owned();
+    move |source| JournalError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The journal of all executions under one state directory.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    root: PathBuf,
+}
+
+/// An execution found on disk at start-up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub record: ExecutionRecord,
+    pub progress: Progress,
+}
+
+impl Journal {
+    /// Opens (creating it if needed) `state_dir/executions`.
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        let root = state_dir.join("executions");
+        fs::create_dir_all(&root).map_err(io("create the journal directory", &root))?;
+        Ok(Self { root })
+    }
+
+    pub fn dir(&self, execution_id: &str) -> PathBuf {
+        self.root.join(execution_id)
+    }
+
+    pub fn events_path(&self, execution_id: &str) -> PathBuf {
+        self.dir(execution_id).join(EVENTS_FILE)
+    }
+
+    /// Durably records a new execution and its Accepted event (seq 1); returns the file
+    /// the writer appends to. Blocking: call from `spawn_blocking`.
+    pub fn create(
+        &self,
+        record: &ExecutionRecord,
+    ) -> Result<(writer::EventFile, Progress), JournalError> {
+        let dir = self.dir(&record.execution_id);
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let json = serde_json::to_vec_pretty(record).map_err(|e| JournalError::Io {
+            action: "encode the record for",
+            path: dir.clone(),
+            source: e.into(),
+        })?;
+        // tmp + rename: a record is either whole or absent.
+        let tmp = dir.join("execution.json.tmp");
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(&json).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("sync", &tmp))?;
+        let path = dir.join(RECORD_FILE);
+        fs::rename(&tmp, &path).map_err(io("rename into", &path))?;
+
+        // The file starts with Accepted (seq 1); the writer continues at seq 2.
+        let mut file = writer::EventFile::open(self.events_path(&record.execution_id), 0, 2)?;
+        let accepted = accepted_event(record, 1);
+        file.append(&encode(std::slice::from_ref(&accepted)), true)?;
+        sync_dir(&dir)?;
+        sync_dir(&self.root)?;
+        let mut progress = Progress::default();
+        progress.observe(&accepted);
+        Ok((file, progress))
+    }
+
+    /// Loads every execution on disk. A torn last record is cut off; an execution that
+    /// never finished gets a Finished{LOST} event, because nothing supervises it any more.
+    /// Blocking: call at start-up or from `spawn_blocking`.
+    pub fn load_all(&self) -> Result<Vec<Loaded>, JournalError> {
+        let mut loaded = Vec::new();
+        let entries = fs::read_dir(&self.root).map_err(io("list", &self.root))?;
+        for entry in entries {
+            let dir = entry.map_err(io("list", &self.root))?.path();
+            let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if !dir.is_dir() || !agentfleet_common::ids::is_valid_execution_id(&id) {
+                continue;
+            }
+            match self.load_one(&id)? {
+                Some(l) => loaded.push(l),
+                None => {
+                    // No record: the sidecar stopped inside `create`, before StartJob
+                    // answered, so nobody knows this execution. Remove the leftovers.
+                    tracing::warn!(execution_id = %id, "removing an execution directory without a record");
+                    let _ = fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        loaded.sort_by_key(|l| l.record.accepted_at_ms);
+        Ok(loaded)
+    }
+
+    fn load_one(&self, id: &str) -> Result<Option<Loaded>, JournalError> {
+        let path = self.dir(id).join(RECORD_FILE);
+        let record: ExecutionRecord = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(execution_id = %id, error = %e, "unreadable execution record");
+                    return Ok(None);
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        let events = self.events_path(id);
+        let scan = reader::scan(&events)?;
+        let mut progress = scan.progress;
+        if scan.good_len < scan.file_len {
+            tracing::warn!(execution_id = %id, cut_bytes = scan.file_len - scan.good_len, "cutting a torn record off the end of the journal");
+        }
+        let mut file = writer::EventFile::open(events, scan.good_len, progress.last_seq + 1)?;
+        let mut missing = Vec::new();
+        if progress.last_seq == 0 {
+            missing.push(accepted_event(&record, 1));
+        }
+        if progress.finished.is_none() {
+            let seq = progress.last_seq + missing.len() as u64 + 1;
+            missing.push(finished_event(
+                id,
+                seq,
+                proto::Outcome::Lost,
+                "the sidecar restarted while this execution was running; its result is unknown",
+            ));
+        }
+        if !missing.is_empty() {
+            file.append(&encode(&missing), true)?;
+            missing.iter().for_each(|e| progress.observe(e));
+        }
+        Ok(Some(Loaded { record, progress }))
+    }
+
+    /// Deletes an execution's directory.
+    pub fn remove(&self, execution_id: &str) -> Result<(), JournalError> {
+        let dir = self.dir(execution_id);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &dir)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub(crate) fn accepted_event(record: &ExecutionRecord, seq: u64) -> Event {
+    Event {
+        execution_id: record.execution_id.clone(),
+        seq,
+        ts_ms: record.accepted_at_ms,
+        kind: Some(Kind::Accepted(proto::Accepted {
+            job: record.job.clone(),
+            backend: record.backend.clone(),
+        })),
+    }
+}
+
+pub(crate) fn finished_event(id: &str, seq: u64, outcome: proto::Outcome, message: &str) -> Event {
+    Event {
+        execution_id: id.to_owned(),
+        seq,
+        ts_ms: agentfleet_common::now_ms(),
+        kind: Some(Kind::Finished(proto::Finished {
+            outcome: outcome as i32,
+            message: message.to_owned(),
+        })),
+    }
+}
+
+/// Length-delimited encoding of a batch, appended in one write.
+pub(crate) fn encode(events: &[Event]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(events.iter().map(|e| e.encoded_len() + 5).sum());
+    for e in events {
+        // Encoding into a Vec only fails when it lacks capacity, which a Vec never does.
+        let _ = e.encode_length_delimited(&mut buf);
+    }
+    buf
+}
+
+/// Makes a rename or new file in `dir` durable (a no-op where directories can't be opened).
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync", dir))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Opens an events file for appending at `len` (cutting anything after it).
+pub(crate) fn open_append(path: &Path, len: u64) -> Result<File, JournalError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io("open", path))?;
+    let actual = file.metadata().map_err(io("stat", path))?.len();
+    if actual != len {
+        file.set_len(len).map_err(io("truncate", path))?;
+        file.sync_all().map_err(io("sync", path))?;
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+use std::io::Write;
+
+use agentfleet_common::proto::{self, LogStream, event::Kind};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::events::EventSink;
+
+fn record(id: &str) -> ExecutionRecord {
+    ExecutionRecord {
+        execution_id: id.into(),
+        job: "job-a".into(),
+        backend: "command".into(),
+        run_id: "run1".into(),
+        task: "t".into(),
+        attempt: 1,
+        params: Default::default(),
+        accepted_at_ms: 1,
+    }
+}
+
+fn finished(outcome: proto::Outcome) -> Kind {
+    Kind::Finished(proto::Finished {
+        outcome: outcome as i32,
+        message: "done".into(),
+    })
+}
+
+/// Creates an execution, runs its writer, and returns the sink and the progress.
+fn start(
+    journal: &Journal,
+    id: &str,
+) -> (
+    EventSink,
+    watch::Sender<Progress>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (file, progress) = journal.create(&record(id)).unwrap();
+    let (tx, _) = watch::channel(progress);
+    let (sink, rx) = EventSink::channel(id);
+    let handle = writer::spawn(file, rx, tx.clone(), id.into());
+    (sink, tx, handle)
+}
+
+async fn collect(
+    journal: &Journal,
+    id: &str,
+    after: u64,
+    progress: &watch::Sender<Progress>,
+) -> Vec<Event> {
+    let stream = reader::watch(
+        journal.events_path(id),
+        after,
+        progress.subscribe(),
+        CancellationToken::new(),
+    );
+    stream.map(|e| e.unwrap()).collect().await
+}
+
+#[tokio::test]
+async fn append_then_replay_numbers_without_gaps_and_coalesces_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (sink, progress, writer) = start(&journal, "e1");
+    sink.emit(Kind::Started(proto::Started { step_count: 1 }))
+        .await;
+    for i in 0..1000 {
+        sink.log(1, LogStream::Stdout, format!("line {i}")).await;
+    }
+    sink.emit(finished(proto::Outcome::Succeeded)).await;
+    writer.await.unwrap();
+
+    let events = collect(&journal, "e1", 0, &progress).await;
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(matches!(events[0].kind, Some(Kind::Accepted(_))));
+    assert!(matches!(
+        events.last().unwrap().kind,
+        Some(Kind::Finished(_))
+    ));
+    let lines: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Logs(l)) => Some(l.lines.iter().map(|l| l.line.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(lines.len(), 1000);
+    assert_eq!(lines[999], "line 999");
+    // 1000 lines in events of at most 512 lines: at least 2 events, far fewer than 1000.
+    let log_events = events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(Kind::Logs(_))))
+        .count();
+    assert!((2..=1000).contains(&log_events));
+    for e in &events {
+        if let Some(Kind::Logs(l)) = &e.kind {
+            assert!(l.lines.len() <= writer::MAX_LINES_PER_EVENT);
+        }
+        assert_eq!(e.execution_id, "e1");
+    }
+    let p = progress.borrow().clone();
+    assert_eq!(p.last_seq, *seqs.last().unwrap());
+    assert_eq!(p.finished.unwrap().outcome, proto::Outcome::Succeeded);
+}
+
+#[tokio::test]
+async fn watch_resumes_after_seq_and_follows_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (sink, progress, writer) = start(&journal, "e2");
+    sink.emit(Kind::Started(proto::Started { step_count: 1 }))
+        .await;
+
+    // A watcher from seq 1 waits live for what comes next.
+    let mut stream = Box::pin(reader::watch(
+        journal.events_path("e2"),
+        1,
+        progress.subscribe(),
+        CancellationToken::new(),
+    ));
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.seq, 2);
+    assert!(matches!(first.kind, Some(Kind::Started(_))));
+    sink.log(1, LogStream::Stderr, "hello".into()).await;
+    let logs = stream.next().await.unwrap().unwrap();
+    assert_eq!(logs.seq, 3);
+    sink.emit(finished(proto::Outcome::Failed)).await;
+    let fin = stream.next().await.unwrap().unwrap();
+    assert_eq!(fin.seq, 4);
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after Finished"
+    );
+    writer.await.unwrap();
+
+    // Resuming after the last seq gives nothing and ends at once.
+    assert!(collect(&journal, "e2", 4, &progress).await.is_empty());
+    let tail = collect(&journal, "e2", 2, &progress).await;
+    assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+}
+
+#[tokio::test]
+async fn dropped_sink_journals_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (sink, progress, writer) = start(&journal, "e3");
+    drop(sink);
+    writer.await.unwrap();
+    let p = progress.borrow().clone();
+    assert_eq!(p.last_seq, 2);
+    assert_eq!(p.finished.unwrap().outcome, proto::Outcome::Lost);
+}
+
+#[tokio::test]
+async fn load_cuts_torn_tail_and_marks_unfinished_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (sink, _progress, _writer) = start(&journal, "e4");
+    sink.emit(Kind::Started(proto::Started { step_count: 2 }))
+        .await;
+    sink.log(1, LogStream::Stdout, "before the crash".into())
+        .await;
+    // Wait until the writer has both on disk.
+    let mut rx = _progress.subscribe();
+    rx.wait_for(|p| p.last_seq == 3).await.unwrap();
+    drop(sink);
+    _writer.abort();
+    let _ = _writer.await;
+
+    // A torn record: a length prefix promising more bytes than follow.
+    let path = journal.events_path("e4");
+    let good_len = std::fs::metadata(&path).unwrap().len();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(&[0x40, 1, 2, 3]).unwrap();
+    drop(f);
+
+    let loaded = journal.load_all().unwrap();
+    assert_eq!(loaded.len(), 1);
+    let p = &loaded[0].progress;
+    assert_eq!(p.last_seq, 4, "Accepted, Started, Logs, then LOST");
+    let fin = p.finished.as_ref().unwrap();
+    assert_eq!(fin.outcome, proto::Outcome::Lost);
+    assert!(fin.message.contains("restarted"));
+    assert!(std::fs::metadata(&path).unwrap().len() > good_len);
+    let (events, _) = reader::read_from(&path, 0, usize::MAX).unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+
+    // Loading again changes nothing.
+    let again = journal.load_all().unwrap();
+    assert_eq!(again[0].progress, loaded[0].progress);
+}
+
+#[tokio::test]
+async fn load_record_without_events_gets_accepted_and_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    journal.create(&record("e5")).unwrap();
+    std::fs::remove_file(journal.events_path("e5")).unwrap();
+    // And a directory without a record is leftover from a crash inside create.
+    std::fs::create_dir_all(journal.dir("orphan")).unwrap();
+    let loaded = journal.load_all().unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].record, record("e5"));
+    assert_eq!(loaded[0].progress.last_seq, 2);
+    assert!(!journal.dir("orphan").exists());
+    journal.remove("e5").unwrap();
+    assert!(journal.load_all().unwrap().is_empty());
+}

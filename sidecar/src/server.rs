@@ -1,0 +1,200 @@
+//! The gRPC server: the `agentfleet.sidecar.v1.Sidecar` service over mTLS, with client
+//! authorization (`allow_clients`), standard health checking and server reflection.
+//!
+//! Shutdown, in order and bounded: report NOT_SERVING, refuse new starts, stop running
+//! executions and wait for their Finished events (`stop_grace` + 5s), end open Watch
+//! streams, then close the listener and connections (5s more at most).
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentfleet_common::proto::{self, sidecar_server::SidecarServer};
+use agentfleet_common::tls::TlsError;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+
+use crate::backend::{Backend, BackendError};
+use crate::config::SidecarConfig;
+use crate::executions::{Registry, RegistryError};
+
+mod auth;
+mod service;
+
+pub use auth::Authorize;
+pub use service::SidecarService;
+
+/// Extra time, beyond `stop_grace`, that stopped executions get to report Finished.
+const FINISH_MARGIN: Duration = Duration::from_secs(5);
+/// Time the transport gets to close connections after the executions are done.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "failed to listen on `{addr}`: {source}; is another process using the port? (change `listen` or pass --listen)"
+    )]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("failed to set up TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("failed to configure the gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("failed to set up server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("failed to open the execution journal: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("failed to set up the {backend} backend: {source}")]
+    Backend {
+        backend: &'static str,
+        source: BackendError,
+    },
+    #[error("the gRPC server stopped: {0}")]
+    Stopped(String),
+}
+
+/// Binds the configured `listen` address.
+pub async fn bind(config: &SidecarConfig) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })
+}
+
+/// The backends the config asks for: command jobs when there are any, SQL Server Agent
+/// when `[sqlagent]` is present.
+pub async fn backends(config: &SidecarConfig) -> Result<Vec<Arc<dyn Backend>>, ServeError> {
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    if !config.jobs.is_empty() {
+        backends.push(Arc::new(crate::backend::command::CommandBackend::new(
+            config.jobs.clone(),
+            config.stop_grace,
+        )));
+    }
+    if let Some(sql) = &config.sqlagent {
+        let backend = crate::backend::sqlagent::SqlAgentBackend::connect(sql, &config.state_dir)
+            .await
+            .map_err(|source| ServeError::Backend {
+                backend: "sqlagent",
+                source,
+            })?;
+        backends.push(Arc::new(backend));
+    }
+    Ok(backends)
+}
+
+/// `sidecar serve`: binds, builds the backends and serves until `shutdown`.
+pub async fn run(config: SidecarConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let listener = bind(&config).await?;
+    let backends = backends(&config).await?;
+    serve(&config, backends, listener, shutdown).await
+}
+
+/// The line the end-to-end harness (and people) read to learn the bound address.
+fn announce(name: &str, addr: SocketAddr) {
+    let line = serde_json::json!({"event": "listening", "name": name, "addr": addr.to_string()});
+    println!("{line}");
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then shuts down in order (see the
+/// module docs). Prints one `{"event":"listening",...}` line on stdout once ready.
+pub async fn serve(
+    config: &SidecarConfig,
+    backends: Vec<Arc<dyn Backend>>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let registry = Registry::open(&config.name, config.slots, &config.state_dir, backends).await?;
+    let pruner_stop = CancellationToken::new();
+    let pruner = registry.spawn_pruner(pruner_stop.clone());
+
+    let sidecar_name = <SidecarServer<SidecarService> as NamedService>::NAME;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(sidecar_name, tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let mut builder = Server::builder();
+    let authorize = match (&config.tls, config.insecure) {
+        (Some(tls), false) => {
+            builder = builder.tls_config(agentfleet_common::tls::server_config(
+                &tls.cert,
+                &tls.key,
+                &tls.client_ca,
+            )?)?;
+            Authorize::new(&config.name, Some(tls.allow_clients.clone()))
+        }
+        _ => {
+            tracing::warn!(listen = %config.listen, "insecure = true: plaintext gRPC without client certificates (loopback only)");
+            Authorize::new(&config.name, None)
+        }
+    };
+    let sidecar = SidecarServer::with_interceptor(SidecarService::new(registry.clone()), authorize);
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
+
+    let close = CancellationToken::new();
+    let close_signal = close.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut server = tokio::spawn(
+        builder
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(sidecar)
+            .serve_with_incoming_shutdown(incoming, close_signal.cancelled_owned()),
+    );
+    tracing::info!(name = %config.name, %addr, slots = config.slots, "sidecar listening");
+    announce(&config.name, addr);
+
+    let early = tokio::select! {
+        () = shutdown.cancelled() => None,
+        ended = &mut server => Some(ended),
+    };
+    if let Some(ended) = early {
+        pruner_stop.cancel();
+        let why = match ended {
+            Ok(Ok(())) => "the server ended by itself".to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        registry.shutdown(config.stop_grace + FINISH_MARGIN).await;
+        return Err(ServeError::Stopped(why));
+    }
+
+    tracing::info!("shutting down: reporting NOT_SERVING and stopping running executions");
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(sidecar_name, tonic_health::ServingStatus::NotServing)
+        .await;
+    pruner_stop.cancel();
+    registry.shutdown(config.stop_grace + FINISH_MARGIN).await;
+    close.cancel();
+    match tokio::time::timeout(CLOSE_GRACE, &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the gRPC server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "the gRPC server task failed"),
+        Err(_) => {
+            tracing::warn!("connections did not close in time; closing them now");
+            server.abort();
+        }
+    }
+    let _ = pruner.await;
+    tracing::info!("sidecar stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
