@@ -1,6 +1,7 @@
 //! `coordinator demo`: the whole tour on one machine, on embedded defaults. Creates a
 //! throw-away CA and certificates, starts three sidecars on 127.0.0.1 (mTLS on) with
-//! sample command jobs, and runs a sample plan over them with live progress.
+//! sample command jobs and a fourth one with SQL Server Agent jobs (backed by the in-process
+//! `sqlagent-standin`, see `sqlagent.rs`), and runs a sample plan over them with live progress.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{DemoArgs, FleetArgs, RunArgs};
 use crate::error::CliError;
 use crate::pki;
+
+mod sqlagent;
 
 const PLAN: &str = include_str!("plan.toml");
 const JOBS: &str = include_str!("jobs.toml");
@@ -102,13 +105,40 @@ pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, Cl
         ));
         servers.push(handle);
     }
+    // The fourth sidecar: SQL Server Agent jobs, through the real `[sqlagent]` backend.
+    let sql_dir = dir.join(sqlagent::SIDECAR);
+    let agent = sqlagent::start(&sql_dir).await?;
+    eprintln!(
+        "  {} on {} with {} Agent jobs",
+        sqlagent::LABEL,
+        agent.standin.addr(),
+        agent.jobs.len()
+    );
+    pki::issue(&pki_dir, sqlagent::SIDECAR, pki::Role::Sidecar, &[])
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let mut config = base_config(sqlagent::SIDECAR);
+    config.insert("sqlagent".into(), toml::Value::Table(agent.section.clone()));
+    let config = write_config(&dir, sqlagent::SIDECAR, &config)?;
+    let (addr, handle) = start_sidecar(&config, shutdown.clone()).await?;
+    eprintln!(
+        "  sidecar {} listening on https://{addr} (mTLS, {SLOTS} slots, SQL Server Agent jobs: {})",
+        sqlagent::SIDECAR,
+        agent.jobs.join(", ")
+    );
+    fleet.push_str(&format!(
+        "\n[fleet.sidecars.{}]\nendpoint = \"https://{addr}\"\n",
+        sqlagent::SIDECAR
+    ));
+    servers.push(handle);
+
     let fleet_path = dir.join("fleet.toml");
     std::fs::write(&fleet_path, fleet).map_err(|e| io_err("write", &fleet_path, e))?;
     let plan_path = dir.join("plan.toml");
     std::fs::write(&plan_path, PLAN).map_err(|e| io_err("write", &plan_path, e))?;
     eprintln!(
-        "  plan {} (13 tasks; `refresh-cube` fails on purpose and is optional)\n",
-        plan_path.display()
+        "  plan {} ({} tasks; `refresh-cube` fails on purpose and is optional)\n",
+        plan_path.display(),
+        PLAN.matches("[[task]]").count()
     );
 
     let result = crate::commands::run(
@@ -129,10 +159,12 @@ pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, Cl
     for handle in servers {
         let _ = tokio::time::timeout(Duration::from_secs(15), handle).await;
     }
+    // Only now, with its sidecar gone, stop the simulated Agent.
+    drop(agent);
     let code = result?;
     let keep = if args.dir.is_some() {
         format!(
-            "\nThe demo's files stay in {0}. Look further:\n  coordinator sidecars --fleet {1}\n  coordinator jobs demo-a --fleet {1}\n  coordinator validate {2} --fleet {1}\n",
+            "\nThe demo's files stay in {0}. Look further:\n  coordinator sidecars --fleet {1}\n  coordinator jobs demo-a --fleet {1}\n  coordinator jobs demo-sql --fleet {1}\n  coordinator validate {2} --fleet {1}\n",
             dir.display(),
             fleet_path.display(),
             plan_path.display()
@@ -168,6 +200,13 @@ fn write_sidecar_config(dir: &Path, name: &str, jobs: &[&str]) -> Result<PathBuf
             j
         })
         .collect();
+    let mut config = base_config(name);
+    config.insert("job".into(), toml::Value::Array(selected));
+    write_config(dir, name, &config)
+}
+
+/// The settings every demo sidecar shares: loopback, mTLS with the demo CA, short stop grace.
+fn base_config(name: &str) -> toml::Table {
     let mut config = toml::Table::new();
     config.insert("name".into(), name.into());
     config.insert("listen".into(), "127.0.0.1:0".into());
@@ -183,11 +222,15 @@ fn write_sidecar_config(dir: &Path, name: &str, jobs: &[&str]) -> Result<PathBuf
         toml::Value::Array(vec!["coordinator".into()]),
     );
     config.insert("tls".into(), toml::Value::Table(tls));
-    config.insert("job".into(), toml::Value::Array(selected));
+    config
+}
+
+/// Writes `DIR/NAME/sidecar.toml`.
+fn write_config(dir: &Path, name: &str, config: &toml::Table) -> Result<PathBuf, CliError> {
     let sidecar_dir = dir.join(name);
     std::fs::create_dir_all(&sidecar_dir).map_err(|e| io_err("create", &sidecar_dir, e))?;
     let path = sidecar_dir.join("sidecar.toml");
-    let text = toml::to_string_pretty(&config)
+    let text = toml::to_string_pretty(config)
         .map_err(|e| CliError::failed(format!("demo config: {e}")))?;
     std::fs::write(&path, text).map_err(|e| io_err("write", &path, e))?;
     Ok(path)
