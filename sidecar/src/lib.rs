@@ -3,9 +3,11 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod check;
 pub mod config;
 pub mod events;
 pub mod executions;
 pub mod process;
 pub mod journal;
 pub mod server;
+pub mod service;

@@ -173,8 +173,12 @@ pub(crate) fn validate(
             &spans.insecure,
             "insecure",
             format!(
-                "insecure = true is refused because listen is `{}`, not a loopback address: plaintext without client certificates would expose job control to the network; add a [tls] section (see `coordinator pki`) or listen on 127.0.0.1",
-                config.listen
+                "insecure = true is refused because listen is `{}`{}, not a loopback address: plaintext without client certificates would expose job control to the network; add a [tls] section (see `coordinator pki`) or listen on 127.0.0.1",
+                config.listen,
+                match &origins.listen {
+                    Origin::Env(name) | Origin::Flag(name) => format!(" (set by {name})"),
+                    Origin::File | Origin::Default => String::new(),
+                }
             ),
         ),
         Some(_) => {}
