@@ -14,3 +14,4 @@ pub mod pki;
 pub mod plan;
 pub mod report;
 pub mod schedule;
+pub mod store;

@@ -1,0 +1,281 @@
+//! How one `RunEvent` changes the store's tables. Called by the writer inside its batch
+//! transaction; every statement is cached, so a batch of log lines costs one prepared
+//! INSERT executed per line.
+use rusqlite::{Transaction, params};
+
+use crate::events::{RunEvent, RunEventKind, TaskOutcome};
+
+/// A task's status while it has not finished (its final status is a `TaskOutcome`).
+pub const TASK_WAITING: &str = "waiting";
+pub const TASK_PLACED: &str = "placed";
+pub const TASK_RUNNING: &str = "running";
+/// Finished an attempt that will be retried.
+pub const TASK_RETRYING: &str = "retrying";
+
+/// A run's status until `run_finished` (or a re-attach) says otherwise.
+pub const RUN_RUNNING: &str = "running";
+
+/// The event's `ts` as Unix milliseconds (it was made from them, so this round-trips).
+pub fn ts_ms(ev: &RunEvent) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&ev.ts)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or_else(|_| agentfleet_common::now_ms())
+}
+
+/// The `type` of the event's `--json` object.
+pub fn type_name(kind: &RunEventKind) -> &'static str {
+    match kind {
+        RunEventKind::RunStarted { .. } => "run_started",
+        RunEventKind::TaskPlaced { .. } => "task_placed",
+        RunEventKind::TaskStarted { .. } => "task_started",
+        RunEventKind::StepStarted { .. } => "step_started",
+        RunEventKind::StepFinished { .. } => "step_finished",
+        RunEventKind::Log { .. } => "log",
+        RunEventKind::TaskFinished { .. } => "task_finished",
+        RunEventKind::ExecutionSeq { .. } => "execution_seq",
+        RunEventKind::RunFinished { .. } => "run_finished",
+    }
+}
+
+/// Writes `ev` (anything but `ExecutionSeq`, which the writer handles itself).
+pub fn apply(tx: &Transaction<'_>, ev: &RunEvent) -> rusqlite::Result<()> {
+    let ts = ts_ms(ev);
+    let run = ev.run_id.as_str();
+    match &ev.kind {
+        RunEventKind::Log {
+            at,
+            step,
+            stream,
+            line,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO logs (run_id, execution_id, task, attempt, step, stream, line, ts_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                run,
+                at.execution_id,
+                at.task,
+                at.attempt,
+                step,
+                stream,
+                line,
+                ts
+            ])?;
+            return Ok(()); // log lines are not also kept as events
+        }
+        RunEventKind::ExecutionSeq { .. } => return Ok(()),
+        RunEventKind::RunStarted { plan, .. } => {
+            // A re-attached run starts again: it is running, but keeps its first start time.
+            tx.prepare_cached(
+                "INSERT INTO runs (run_id, plan_name, started_ms, status) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (run_id) DO UPDATE SET status = excluded.status,
+                     finished_ms = NULL, exit_code = NULL",
+            )?
+            .execute(params![run, plan, ts, RUN_RUNNING])?;
+        }
+        RunEventKind::TaskPlaced { at } => {
+            tx.prepare_cached(
+                "INSERT INTO tasks (run_id, task, status, attempts, sidecar) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (run_id, task) DO UPDATE SET status = excluded.status,
+                     attempts = max(attempts, excluded.attempts), sidecar = excluded.sidecar",
+            )?
+            .execute(params![run, at.task, TASK_PLACED, at.attempt, at.sidecar])?;
+            tx.prepare_cached(
+                "INSERT INTO executions (execution_id, run_id, task, attempt, sidecar, job, status, started_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5,
+                     coalesce((SELECT job FROM tasks WHERE run_id = ?2 AND task = ?3), ''), ?6, ?7)
+                 ON CONFLICT (execution_id) DO NOTHING",
+            )?
+            .execute(params![
+                at.execution_id,
+                run,
+                at.task,
+                at.attempt,
+                at.sidecar,
+                TASK_PLACED,
+                ts
+            ])?;
+        }
+        RunEventKind::TaskStarted { at, .. } => {
+            tx.prepare_cached("UPDATE executions SET status = ?2 WHERE execution_id = ?1")?
+                .execute(params![at.execution_id, TASK_RUNNING])?;
+            tx.prepare_cached("UPDATE tasks SET status = ?3 WHERE run_id = ?1 AND task = ?2")?
+                .execute(params![run, at.task, TASK_RUNNING])?;
+        }
+        RunEventKind::StepStarted {
+            at,
+            step,
+            step_name,
+            step_attempt,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO steps (execution_id, step, attempt, name, status, started_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (execution_id, step, attempt) DO UPDATE SET
+                     name = excluded.name, status = excluded.status, started_ms = excluded.started_ms",
+            )?
+            .execute(params![
+                at.execution_id,
+                step,
+                step_attempt,
+                step_name,
+                TASK_RUNNING,
+                ts
+            ])?;
+        }
+        RunEventKind::StepFinished {
+            at,
+            step,
+            step_name,
+            step_attempt,
+            status,
+            message,
+            duration_ms,
+        } => {
+            // Inserted whole when its start was never seen (e.g. before a re-attach).
+            tx.prepare_cached(
+                "INSERT INTO steps (execution_id, step, attempt, name, status, message, duration_ms, started_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (execution_id, step, attempt) DO UPDATE SET name = excluded.name,
+                     status = excluded.status, message = excluded.message,
+                     duration_ms = excluded.duration_ms",
+            )?
+            .execute(params![
+                at.execution_id,
+                step,
+                step_attempt,
+                step_name,
+                status,
+                message,
+                *duration_ms as i64,
+                ts - *duration_ms as i64
+            ])?;
+        }
+        RunEventKind::TaskFinished {
+            task,
+            attempt,
+            sidecar,
+            execution_id,
+            status,
+            message,
+            duration_ms,
+            will_retry,
+        } => {
+            let task_status = if *will_retry {
+                TASK_RETRYING
+            } else {
+                status.as_str()
+            };
+            tx.prepare_cached(
+                "INSERT INTO tasks (run_id, task, status, attempts, sidecar, duration_ms, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (run_id, task) DO UPDATE SET status = excluded.status,
+                     attempts = max(attempts, excluded.attempts),
+                     sidecar = coalesce(excluded.sidecar, sidecar),
+                     duration_ms = duration_ms + excluded.duration_ms,
+                     message = excluded.message",
+            )?
+            .execute(params![
+                run,
+                task,
+                task_status,
+                attempt,
+                sidecar,
+                *duration_ms as i64,
+                message
+            ])?;
+            if *attempt > 0 {
+                tx.prepare_cached(
+                    "UPDATE executions SET status = ?5, message = ?6, finished_ms = ?7
+                     WHERE (execution_id = ?1) OR (?1 IS NULL AND run_id = ?2 AND task = ?3 AND attempt = ?4)",
+                )?
+                .execute(params![
+                    execution_id,
+                    run,
+                    task,
+                    attempt,
+                    status.as_str(),
+                    message,
+                    ts
+                ])?;
+            }
+        }
+        RunEventKind::RunFinished {
+            status,
+            exit_code,
+            summary,
+            ..
+        } => {
+            tx.prepare_cached(
+                "UPDATE runs SET status = ?2, exit_code = ?3, finished_ms = ?4 WHERE run_id = ?1",
+            )?
+            .execute(params![run, status, exit_code, ts])?;
+            // The dispatcher's summary is the final word on every task.
+            for s in summary {
+                tx.prepare_cached(
+                    "INSERT INTO tasks (run_id, task, status, attempts, sidecar, duration_ms, message)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (run_id, task) DO UPDATE SET status = excluded.status,
+                         attempts = excluded.attempts, sidecar = excluded.sidecar,
+                         duration_ms = excluded.duration_ms, message = excluded.message",
+                )?
+                .execute(params![
+                    run,
+                    s.task,
+                    s.status.as_str(),
+                    s.attempts,
+                    s.sidecar,
+                    s.duration_ms as i64,
+                    s.message
+                ])?;
+            }
+        }
+    }
+    let (task, execution_id) = task_and_execution(&ev.kind);
+    let json = serde_json::to_string(ev).unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT INTO events (run_id, ts_ms, type, task, execution_id, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        run,
+        ts,
+        type_name(&ev.kind),
+        task,
+        execution_id,
+        json
+    ])?;
+    Ok(())
+}
+
+fn task_and_execution(kind: &RunEventKind) -> (Option<&str>, Option<&str>) {
+    match kind {
+        RunEventKind::TaskPlaced { at }
+        | RunEventKind::TaskStarted { at, .. }
+        | RunEventKind::StepStarted { at, .. }
+        | RunEventKind::StepFinished { at, .. }
+        | RunEventKind::Log { at, .. }
+        | RunEventKind::ExecutionSeq { at, .. } => {
+            (Some(at.task.as_str()), Some(at.execution_id.as_str()))
+        }
+        RunEventKind::TaskFinished {
+            task, execution_id, ..
+        } => (Some(task.as_str()), execution_id.as_deref()),
+        RunEventKind::RunStarted { .. } | RunEventKind::RunFinished { .. } => (None, None),
+    }
+}
+
+/// True for a task status that will not change any more.
+pub fn task_is_final(status: &str) -> bool {
+    [
+        TaskOutcome::Succeeded,
+        TaskOutcome::Failed,
+        TaskOutcome::Canceled,
+        TaskOutcome::TimedOut,
+        TaskOutcome::Skipped,
+        TaskOutcome::Lost,
+    ]
+    .iter()
+    .any(|o| o.as_str() == status)
+}

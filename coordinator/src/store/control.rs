@@ -1,0 +1,111 @@
+//! Small writes the commands make themselves, outside a run's event stream: recording a
+//! new run before it starts, asking a run to stop, saying which process drives it.
+//! Each is one short transaction, safe while another process's writer is busy.
+use std::path::PathBuf;
+
+use rusqlite::{OptionalExtension, params};
+
+use super::apply::{RUN_RUNNING, TASK_WAITING};
+use super::{Store, StoreError};
+
+/// What the store keeps about a run before its first event.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub run_id: String,
+    pub plan_name: String,
+    pub plan_path: PathBuf,
+    /// The plan file's text as it was run, so a re-attach works even if the file changed.
+    pub plan_text: String,
+    pub fleet_path: Option<PathBuf>,
+    pub started_ms: i64,
+    /// (task, job) in plan order: every task is listed from the start, waiting.
+    pub tasks: Vec<(String, String)>,
+}
+
+impl Store {
+    /// Records a new run, driven by this process, with every task waiting.
+    pub fn create_run(&mut self, run: &NewRun) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO runs (run_id, plan_name, plan_path, plan_text, fleet_path, started_ms,
+                               status, driver_pid, driver_host)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                run.run_id,
+                run.plan_name,
+                run.plan_path.to_string_lossy(),
+                run.plan_text,
+                run.fleet_path.as_ref().map(|p| p.to_string_lossy()),
+                run.started_ms,
+                RUN_RUNNING,
+                std::process::id(),
+                this_host()
+            ],
+        )?;
+        for (position, (task, job)) in run.tasks.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO tasks (run_id, task, position, job, status) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![run.run_id, task, position as i64, job, TASK_WAITING],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Asks the process driving `run_id` to stop it (it polls [`Store::cancel_requested`]).
+    pub fn request_cancel(&self, run_id: &str) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE runs SET cancel_requested = 1 WHERE run_id = ?1",
+            params![run_id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::UnknownRun(run_id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// True once someone asked to stop `run_id`.
+    pub fn cancel_requested(&self, run_id: &str) -> Result<bool, StoreError> {
+        let v: Option<bool> = self
+            .conn
+            .query_row(
+                "SELECT cancel_requested FROM runs WHERE run_id = ?1",
+                params![run_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        v.ok_or_else(|| StoreError::UnknownRun(run_id.to_owned()))
+    }
+
+    /// Records which process drives `run_id` now (e.g. after `attach`), and marks it running.
+    pub fn set_driver(&self, run_id: &str, pid: u32, host: &str) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE runs SET driver_pid = ?2, driver_host = ?3, status = ?4,
+                 finished_ms = NULL, exit_code = NULL
+             WHERE run_id = ?1",
+            params![run_id, pid, host, RUN_RUNNING],
+        )?;
+        if n == 0 {
+            return Err(StoreError::UnknownRun(run_id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Ends `run_id` with `status` (e.g. "detached" is not final, "canceled" is) outside
+    /// the event stream, e.g. when a run is abandoned. Normally `run_finished` does this.
+    pub fn finish_run(&self, run_id: &str, status: &str, exit_code: i32) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE runs SET status = ?2, exit_code = ?3, finished_ms = ?4 WHERE run_id = ?1",
+            params![run_id, status, exit_code, agentfleet_common::now_ms()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::UnknownRun(run_id.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// This machine's host name, as recorded for a run's driver.
+pub fn this_host() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}

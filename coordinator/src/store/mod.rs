@@ -1,0 +1,134 @@
+//! The central run store (PRODUCT.md): every run, task, execution, step, event and log
+//! line, in one embedded SQLite file, `agentfleet.db` in the coordinator's data
+//! directory (`AGENTFLEET_HOME`, default: the platform's data directory for agentfleet).
+//!
+//! - `schema`: opening a connection (WAL, busy timeout) and migrations.
+//! - `writer`: the batched writer thread; `StoreReporter` feeds it a run's events.
+//! - `apply`: how one event changes the tables.
+//! - `queries`: reads for `runs`, `show`, `logs` and re-attaching.
+//! - `control`: small writes made by the commands themselves (a new run, cancel, driver).
+//!
+//! Every process opens its own connections; several may use the file at once.
+mod apply;
+mod control;
+mod queries;
+mod reporter;
+mod schema;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+pub use apply::{RUN_RUNNING, TASK_WAITING, task_is_final};
+pub use control::NewRun;
+pub use queries::{ExecutionRow, LogRow, RunRow, RunSnapshot, StepRow, TaskRow, run_is_final};
+pub use reporter::StoreReporter;
+pub use schema::current_version as schema_version;
+pub use writer::{BATCH_INTERVAL, BATCH_ROWS, CHANNEL_CAPACITY, Writer, WriterStats};
+
+/// The store's file name inside the home directory.
+pub const DB_FILE: &str = "agentfleet.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "failed to find a data directory for agentfleet on this system: set AGENTFLEET_HOME or pass --home"
+    )]
+    NoHome,
+    #[error("failed to create the data directory `{path}`: {source}")]
+    CreateHome {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to open the run store `{path}`: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the run store `{path}` has schema version {found}, newer than this coordinator knows ({known}): use a newer coordinator"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("failed to start the store writer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("failed to read or write the run store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("no runs yet: `coordinator run PLAN` starts one")]
+    NoRuns,
+    #[error("no run matches `{0}`: `coordinator runs` lists the recent ones")]
+    UnknownRun(String),
+    #[error("`{prefix}` matches several runs ({}): give more characters", candidates.join(", "))]
+    AmbiguousRun {
+        prefix: String,
+        candidates: Vec<String>,
+    },
+}
+
+impl StoreError {
+    /// True when the user named a run that does not exist or is ambiguous (exit 2).
+    pub fn is_bad_run(&self) -> bool {
+        matches!(
+            self,
+            Self::NoRuns | Self::UnknownRun(_) | Self::AmbiguousRun { .. }
+        )
+    }
+}
+
+/// The home directory: `explicit` (from `--home` / `AGENTFLEET_HOME`), else the platform's
+/// data directory for agentfleet (e.g. `~/.local/share/agentfleet`, `%APPDATA%\agentfleet`).
+pub fn home_dir(explicit: Option<&Path>) -> Result<PathBuf, StoreError> {
+    match explicit {
+        Some(p) => Ok(p.to_owned()),
+        None => dirs::data_dir()
+            .map(|d| d.join("agentfleet"))
+            .ok_or(StoreError::NoHome),
+    }
+}
+
+/// A connection for reads and small writes; the bulk of a run goes through a [`Writer`].
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating it and `home` if needed) `home/agentfleet.db`.
+    pub fn open(home: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(home).map_err(|source| StoreError::CreateHome {
+            path: home.to_owned(),
+            source,
+        })?;
+        Self::open_file(&home.join(DB_FILE))
+    }
+
+    /// Opens the store file at `path` itself.
+    pub fn open_file(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: schema::open(path)?,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A writer thread with its own connection to this store's file.
+    pub fn writer(&self) -> Result<Writer, StoreError> {
+        Writer::spawn(&self.path)
+    }
+
+    /// A reporter that saves a run's events to this store.
+    pub fn reporter(&self) -> Result<StoreReporter, StoreError> {
+        Ok(StoreReporter::new(self.writer()?))
+    }
+}

@@ -1,0 +1,317 @@
+//! Reads: the rows behind `runs`, `show` and `logs`, and what a re-attach needs.
+use std::path::PathBuf;
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::apply::RUN_RUNNING;
+use super::{Store, StoreError};
+
+/// Run statuses after which nothing more happens (`run_finished`'s, plus "canceled").
+const FINAL_RUN_STATUSES: &[&str] = &[
+    "succeeded",
+    "failed",
+    "canceled",
+    "interrupted",
+    "timed_out",
+];
+
+/// True when a run in `status` will not change any more.
+pub fn run_is_final(status: &str) -> bool {
+    FINAL_RUN_STATUSES.contains(&status)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunRow {
+    pub run_id: String,
+    pub plan_name: String,
+    pub plan_path: String,
+    pub fleet_path: Option<String>,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// "running" until the run ends, then `run_finished`'s status.
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub driver_pid: Option<u32>,
+    pub driver_host: Option<String>,
+    pub cancel_requested: bool,
+    pub tasks_total: u32,
+    pub tasks_succeeded: u32,
+    /// Failed, timed out, lost or canceled (skipped tasks count in neither).
+    pub tasks_failed: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskRow {
+    pub task: String,
+    pub job: String,
+    pub status: String,
+    pub attempts: u32,
+    pub sidecar: Option<String>,
+    pub duration_ms: u64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExecutionRow {
+    pub execution_id: String,
+    pub task: String,
+    pub attempt: u32,
+    pub sidecar: String,
+    pub job: String,
+    pub status: String,
+    /// The last sidecar sequence number saved: resume `Watch` with `after_seq = last_seq`.
+    pub last_seq: u64,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepRow {
+    pub execution_id: String,
+    pub step: u32,
+    pub attempt: u32,
+    pub name: String,
+    pub status: String,
+    pub message: String,
+    pub duration_ms: Option<u64>,
+    pub started_ms: Option<i64>,
+}
+
+/// Everything about one run, in plan order (tasks) and start order (executions, steps).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSnapshot {
+    pub run: RunRow,
+    pub plan_text: String,
+    pub plan_path: PathBuf,
+    pub fleet_path: Option<PathBuf>,
+    pub tasks: Vec<TaskRow>,
+    pub executions: Vec<ExecutionRow>,
+    pub steps: Vec<StepRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogRow {
+    pub id: i64,
+    pub execution_id: String,
+    pub task: String,
+    pub attempt: u32,
+    pub step: u32,
+    pub stream: String,
+    pub line: String,
+    pub ts_ms: i64,
+}
+
+const RUN_COLUMNS: &str = "r.run_id, r.plan_name, r.plan_path, r.fleet_path, r.started_ms,
+    r.finished_ms, r.status, r.exit_code, r.driver_pid, r.driver_host, r.cancel_requested,
+    (SELECT count(*) FROM tasks t WHERE t.run_id = r.run_id),
+    (SELECT count(*) FROM tasks t WHERE t.run_id = r.run_id AND t.status = 'succeeded'),
+    (SELECT count(*) FROM tasks t WHERE t.run_id = r.run_id
+        AND t.status IN ('failed', 'timed_out', 'lost', 'canceled'))";
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        run_id: r.get(0)?,
+        plan_name: r.get(1)?,
+        plan_path: r.get(2)?,
+        fleet_path: r.get(3)?,
+        started_ms: r.get(4)?,
+        finished_ms: r.get(5)?,
+        status: r.get(6)?,
+        exit_code: r.get(7)?,
+        driver_pid: r.get(8)?,
+        driver_host: r.get(9)?,
+        cancel_requested: r.get(10)?,
+        tasks_total: r.get(11)?,
+        tasks_succeeded: r.get(12)?,
+        tasks_failed: r.get(13)?,
+    })
+}
+
+impl Store {
+    /// The most recent runs, newest first.
+    pub fn list_runs(&self, limit: usize) -> Result<Vec<RunRow>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r ORDER BY r.started_ms DESC, r.run_id DESC LIMIT ?1"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![limit as i64], run_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One run by its full id, if it exists.
+    pub fn run(&self, run_id: &str) -> Result<Option<RunRow>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.run_id = ?1");
+        Ok(self
+            .conn
+            .query_row(&sql, params![run_id], run_row)
+            .optional()?)
+    }
+
+    /// The run `spec` names: `last` (the most recent), a full id, or a unique prefix.
+    pub fn resolve_run(&self, spec: &str) -> Result<RunRow, StoreError> {
+        let spec = spec.trim();
+        if spec == "last" {
+            return self
+                .list_runs(1)?
+                .into_iter()
+                .next()
+                .ok_or(StoreError::NoRuns);
+        }
+        if let Some(run) = self.run(spec)? {
+            return Ok(run);
+        }
+        // Ids are lowercase hex; escape LIKE's wildcards so `_` or `%` match only themselves.
+        let pattern = format!(
+            "{}%",
+            spec.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let mut stmt = self.conn.prepare(
+            "SELECT run_id FROM runs WHERE run_id LIKE ?1 ESCAPE '\\' ORDER BY started_ms DESC LIMIT 11",
+        )?;
+        let ids: Vec<String> = stmt
+            .query_map(params![pattern], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        match ids.as_slice() {
+            [] => Err(StoreError::UnknownRun(spec.to_owned())),
+            [one] => self
+                .run(one)?
+                .ok_or_else(|| StoreError::UnknownRun(spec.to_owned())),
+            _ if spec.is_empty() => Err(StoreError::UnknownRun(spec.to_owned())),
+            many => Err(StoreError::AmbiguousRun {
+                prefix: spec.to_owned(),
+                candidates: many.to_vec(),
+            }),
+        }
+    }
+
+    /// Everything about `run_id`: tasks, executions with their `last_seq`, steps.
+    pub fn run_snapshot(&self, run_id: &str) -> Result<RunSnapshot, StoreError> {
+        let run = self
+            .run(run_id)?
+            .ok_or_else(|| StoreError::UnknownRun(run_id.to_owned()))?;
+        let plan_text: String = self.conn.query_row(
+            "SELECT plan_text FROM runs WHERE run_id = ?1",
+            params![run_id],
+            |r| r.get(0),
+        )?;
+        let tasks = self
+            .conn
+            .prepare(
+                "SELECT task, job, status, attempts, sidecar, duration_ms, message
+                 FROM tasks WHERE run_id = ?1 ORDER BY position, rowid",
+            )?
+            .query_map(params![run_id], |r| {
+                Ok(TaskRow {
+                    task: r.get(0)?,
+                    job: r.get(1)?,
+                    status: r.get(2)?,
+                    attempts: r.get(3)?,
+                    sidecar: r.get(4)?,
+                    duration_ms: r.get(5)?,
+                    message: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let executions = self
+            .conn
+            .prepare(
+                "SELECT execution_id, task, attempt, sidecar, job, status, last_seq, started_ms,
+                        finished_ms, message
+                 FROM executions WHERE run_id = ?1 ORDER BY started_ms, rowid",
+            )?
+            .query_map(params![run_id], |r| {
+                Ok(ExecutionRow {
+                    execution_id: r.get(0)?,
+                    task: r.get(1)?,
+                    attempt: r.get(2)?,
+                    sidecar: r.get(3)?,
+                    job: r.get(4)?,
+                    status: r.get(5)?,
+                    last_seq: r.get(6)?,
+                    started_ms: r.get(7)?,
+                    finished_ms: r.get(8)?,
+                    message: r.get(9)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let steps = self
+            .conn
+            .prepare(
+                "SELECT s.execution_id, s.step, s.attempt, s.name, s.status, s.message,
+                        s.duration_ms, s.started_ms
+                 FROM steps s JOIN executions e ON e.execution_id = s.execution_id
+                 WHERE e.run_id = ?1 ORDER BY s.execution_id, s.started_ms, s.step, s.attempt",
+            )?
+            .query_map(params![run_id], |r| {
+                Ok(StepRow {
+                    execution_id: r.get(0)?,
+                    step: r.get(1)?,
+                    attempt: r.get(2)?,
+                    name: r.get(3)?,
+                    status: r.get(4)?,
+                    message: r.get(5)?,
+                    duration_ms: r.get(6)?,
+                    started_ms: r.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(RunSnapshot {
+            plan_path: PathBuf::from(&run.plan_path),
+            fleet_path: run.fleet_path.as_ref().map(PathBuf::from),
+            run,
+            plan_text,
+            tasks,
+            executions,
+            steps,
+        })
+    }
+
+    /// Up to `limit` log lines of `run_id` after id `after`, in order; only `task`'s if given.
+    pub fn logs_after(
+        &self,
+        run_id: &str,
+        task: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        // Two statements rather than `(?3 IS NULL OR task = ?3)`, so that each uses its index.
+        let sql = if task.is_some() {
+            "SELECT id, execution_id, task, attempt, step, stream, line, ts_ms FROM logs
+             WHERE run_id = ?1 AND task = ?3 AND id > ?2 ORDER BY id LIMIT ?4"
+        } else {
+            "SELECT id, execution_id, task, attempt, step, stream, line, ts_ms FROM logs
+             WHERE run_id = ?1 AND id > ?2 AND ?3 IS NULL ORDER BY id LIMIT ?4"
+        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![run_id, after, task, limit as i64], |r| {
+            Ok(LogRow {
+                id: r.get(0)?,
+                execution_id: r.get(1)?,
+                task: r.get(2)?,
+                attempt: r.get(3)?,
+                step: r.get(4)?,
+                stream: r.get(5)?,
+                line: r.get(6)?,
+                ts_ms: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The run's status now (for `logs --follow`), `RUN_RUNNING` while it goes on.
+    pub fn run_status(&self, run_id: &str) -> Result<String, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT status FROM runs WHERE run_id = ?1",
+                params![run_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or_else(|| RUN_RUNNING.to_owned()))
+    }
+}
