@@ -91,7 +91,13 @@ pub async fn backends(config: &SidecarConfig) -> Result<Vec<Arc<dyn Backend>>, S
 /// `sidecar serve`: binds, builds the backends and serves until `shutdown`.
 pub async fn run(config: SidecarConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
     let listener = bind(&config).await?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
     let backends = backends(&config).await?;
+    // Announced once the port is bound: connections queue until `serve` accepts them.
+    announce(&config.name, addr);
     serve(&config, backends, listener, shutdown).await
 }
 
@@ -155,7 +161,6 @@ pub async fn serve(
             .serve_with_incoming_shutdown(incoming, close_signal.cancelled_owned()),
     );
     tracing::info!(name = %config.name, %addr, slots = config.slots, "sidecar listening");
-    announce(&config.name, addr);
 
     let early = tokio::select! {
         () = shutdown.cancelled() => None,
