@@ -14,32 +14,33 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client of `sidecar` that trusts `ca` and presents `client`.
 pub async fn client(sidecar: &Sidecar, ca: &Path, client: &CertPair) -> SidecarClient<Channel> {
+    SidecarClient::new(channel(sidecar, ca, client))
+}
+
+/// A channel to `sidecar` with mTLS, for the other services it serves (health, reflection).
+pub fn channel(sidecar: &Sidecar, ca: &Path, client: &CertPair) -> Channel {
     let tls = agentfleet_common::tls::client_config(ca, &client.cert, &client.key, None)
         .unwrap_or_else(|e| panic!("client TLS config: {e}"));
-    connect(sidecar, tls).await
+    lazy_channel(sidecar, tls)
 }
 
 /// A client of `sidecar` that trusts `ca` but presents no certificate at all.
 pub async fn anonymous_client(sidecar: &Sidecar, ca: &Path) -> SidecarClient<Channel> {
     let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
-    connect(
-        sidecar,
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
-    )
-    .await
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+    SidecarClient::new(lazy_channel(sidecar, tls))
 }
 
 /// Connects lazily: with mTLS a refused client certificate only shows on the first call,
 /// so tests look at calls, not at connecting.
-async fn connect(sidecar: &Sidecar, tls: ClientTlsConfig) -> SidecarClient<Channel> {
-    let channel = Endpoint::from_shared(sidecar.endpoint())
+fn lazy_channel(sidecar: &Sidecar, tls: ClientTlsConfig) -> Channel {
+    Endpoint::from_shared(sidecar.endpoint())
         .expect("a valid endpoint")
         .tls_config(tls)
         .expect("a valid TLS config")
         .connect_timeout(CALL_TIMEOUT)
         .timeout(CALL_TIMEOUT)
-        .connect_lazy();
-    SidecarClient::new(channel)
+        .connect_lazy()
 }
 
 /// Watches `execution_id` from the start until the stream ends (after `Finished`), within

@@ -29,6 +29,7 @@ pub mod grpc;
 pub mod pki;
 pub mod process;
 pub mod sidecar;
+pub mod standin;
 pub mod wait;
 
 pub use coordinator::CoordinatorOutput;

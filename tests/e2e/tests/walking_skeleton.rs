@@ -882,3 +882,87 @@ fn watch_replays_the_journal_after_a_restart() {
         );
     });
 }
+
+#[test]
+fn an_unreachable_fleet_exits_3() {
+    let env = TestEnv::new("unreachable");
+    let mut sidecar = env.start_sidecar(
+        "s1",
+        &jobs(&env.path().join("markers")),
+        SidecarOptions::default(),
+    );
+    let fleet = env.write_fleet(&[&sidecar]);
+    let plan = env.write_file(
+        "plan.toml",
+        "[plan]\nname = \"e2e-unreachable\"\n\n[[task]]\nname = \"a\"\njob = \"quick\"\n",
+    );
+    sidecar.kill();
+
+    let out = env.run_plan(&plan, &fleet);
+    assert_eq!(out.code(), Some(3), "{out}");
+    assert!(
+        out.stderr.contains("s1"),
+        "stderr names the sidecar:\n{out}"
+    );
+    assert!(
+        out.events().of_type("task_placed").is_empty(),
+        "nothing was placed:\n{out}"
+    );
+}
+
+#[test]
+fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let env = TestEnv::new("health");
+    let sidecar = env.start_sidecar(
+        "s1",
+        &jobs(&env.path().join("markers")),
+        SidecarOptions::default(),
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let channel = grpc::channel(&sidecar, &env.pki().ca(), env.coordinator_cert());
+        let mut health = HealthClient::new(channel.clone());
+        for service in ["", "agentfleet.sidecar.v1.Sidecar"] {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap_or_else(|s| panic!("health Check({service:?}): {s:?}"))
+                .into_inner()
+                .status();
+            assert_eq!(status, ServingStatus::Serving, "health of {service:?}");
+        }
+
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("ServerReflectionInfo")
+            .into_inner();
+        let response = responses
+            .message()
+            .await
+            .expect("a reflection response")
+            .expect("one response");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("not a service list: {response:?}");
+        };
+        let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(
+            names.contains(&"agentfleet.sidecar.v1.Sidecar"),
+            "reflection lists {names:?}"
+        );
+    });
+}
