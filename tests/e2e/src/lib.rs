@@ -30,7 +30,6 @@ pub mod pki;
 pub mod process;
 pub mod sidecar;
 pub mod standin;
-pub mod standin;
 pub mod wait;
 
 pub use coordinator::CoordinatorOutput;
