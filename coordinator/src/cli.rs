@@ -15,6 +15,10 @@ pub struct Cli {
     /// Log filter for diagnostics on stderr (e.g. "info", "agentfleet_coordinator=debug").
     #[arg(long, global = true, env = "AGENTFLEET_LOG", default_value = "warn")]
     pub log: String,
+    /// Data directory holding the central run store (`agentfleet.db`); default: the
+    /// platform's data directory for agentfleet.
+    #[arg(long, global = true, env = "AGENTFLEET_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -31,6 +35,12 @@ pub enum Command {
     Sidecars(FleetArgs),
     /// The jobs a sidecar offers, with steps and typical duration.
     Jobs(JobsArgs),
+    /// Recent runs with outcome and duration (from the central store).
+    Runs(RunsArgs),
+    /// One run: tasks, placement, attempts, steps, durations, outcomes.
+    Show(ShowArgs),
+    /// The run's central log, in order; --follow tails a live run.
+    Logs(LogsArgs),
     /// Private CA and certificates for mTLS (no openssl needed).
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -58,6 +68,40 @@ pub struct RunArgs {
     /// After this long unreachable, a sidecar's executions count as lost.
     #[arg(long, env = "AGENTFLEET_LOST_AFTER", default_value = "2m", value_parser = parse_duration)]
     pub lost_after: std::time::Duration,
+    /// The global `--home`, filled in by `main`.
+    #[arg(skip)]
+    pub home: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// How many runs, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// One JSON object per run on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A run id, a unique prefix of one, or `last`.
+    pub run: String,
+    /// The whole run as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// A run id, a unique prefix of one, or `last`.
+    pub run: String,
+    /// Only this task's lines.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Keep printing new lines until the run ends (works for a run driven by another process).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +132,9 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+    /// The global `--home`, filled in by `main`.
+    #[arg(skip)]
+    pub home: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

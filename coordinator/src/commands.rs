@@ -13,6 +13,7 @@ use crate::fleet::{self, Sidecar, SidecarInfo};
 use crate::fleet_config::FleetConfig;
 use crate::plan::{self, Plan};
 use crate::report::{self, ReportOptions};
+use crate::store::{self, NewRun, Store, StoreError, StoreReporter};
 
 /// Capacity of the dispatcher → reporters channel (backpressure on the dispatcher).
 const REPORT_CHANNEL: usize = 4096;
@@ -100,7 +101,8 @@ pub async fn run(args: RunArgs, interrupt: CancellationToken) -> Result<i32, Cli
     };
     let dispatcher = Dispatcher::new(&plan, run_id.clone(), sidecars, &infos, tx, options);
     check_placeable(&plan, &dispatcher, &infos)?;
-    let reporting = spawn_reporters(rx, args.json, args.show_logs);
+    let store = record_run(&args, &plan, &run_id)?;
+    let reporting = spawn_reporters_with(rx, args.json, args.show_logs, Some(store));
     let result = dispatcher
         .run(interrupt, CancellationToken::new(), BTreeMap::new())
         .await;
@@ -108,15 +110,63 @@ pub async fn run(args: RunArgs, interrupt: CancellationToken) -> Result<i32, Cli
     Ok(result.exit_code)
 }
 
+/// Records the new run in the central store (nothing has started yet, so a store that
+/// cannot be opened is bad input) and returns the reporter that saves its events.
+fn record_run(args: &RunArgs, plan: &Plan, run_id: &str) -> Result<StoreReporter, CliError> {
+    let bad_store = |e: StoreError| {
+        CliError::bad_input(format!(
+            "{e} (the run store's directory is set by --home or AGENTFLEET_HOME)"
+        ))
+    };
+    let mut store = Store::open(&store::home_dir(args.home.as_deref()).map_err(bad_store)?)
+        .map_err(bad_store)?;
+    // The plan as it is run, so a re-attach works even if the file changes meanwhile.
+    let plan_text = std::fs::read_to_string(&plan.path).unwrap_or_default();
+    store
+        .create_run(&NewRun {
+            run_id: run_id.to_owned(),
+            plan_name: plan.name.clone(),
+            plan_path: std::path::absolute(&plan.path).unwrap_or_else(|_| plan.path.clone()),
+            plan_text,
+            fleet_path: args
+                .fleet
+                .fleet
+                .as_ref()
+                .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())),
+            started_ms: agentfleet_common::now_ms(),
+            tasks: plan
+                .tasks
+                .iter()
+                .map(|t| (t.name.clone(), t.job.clone()))
+                .collect(),
+        })
+        .map_err(bad_store)?;
+    store.reporter().map_err(bad_store)
+}
+
 /// Runs the reporters on a blocking thread: they write to the terminal and stdout.
 pub fn spawn_reporters(
+    rx: mpsc::Receiver<RunEvent>,
+    json: bool,
+    show_logs: bool,
+) -> tokio::task::JoinHandle<()> {
+    spawn_reporters_with(rx, json, show_logs, None)
+}
+
+/// [`spawn_reporters`], plus the store's reporter when given (it saves every event;
+/// finishing it commits the last batch).
+pub fn spawn_reporters_with(
     mut rx: mpsc::Receiver<RunEvent>,
     json: bool,
     show_logs: bool,
+    store: Option<StoreReporter>,
 ) -> tokio::task::JoinHandle<()> {
     let options = ReportOptions::detect(json, show_logs);
     tokio::task::spawn_blocking(move || {
         let mut reporters = report::reporters(options);
+        if let Some(store) = store {
+            reporters.push(Box::new(store));
+        }
         while let Some(event) = rx.blocking_recv() {
             report::broadcast(&mut reporters, &event);
         }

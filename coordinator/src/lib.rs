@@ -10,6 +10,7 @@ pub mod events;
 pub mod execution;
 pub mod fleet;
 pub mod fleet_config;
+pub mod inspect;
 pub mod pki;
 pub mod plan;
 pub mod report;

@@ -1,16 +1,18 @@
 //! `coordinator`: thin entry point. Parses arguments, sets up crypto and logging,
 //! runs the command, maps the result to the documented exit code.
+use std::path::PathBuf;
+
 use clap::Parser;
 
 use agentfleet_coordinator::cli::{Cli, Command, PkiCommand};
-use agentfleet_coordinator::{commands, demo, error::CliError, pki};
+use agentfleet_coordinator::{commands, demo, error::CliError, inspect, pki};
 
 fn main() {
     let cli = Cli::parse();
     agentfleet_common::tls::install_crypto_provider();
     agentfleet_common::telemetry::init(&cli.log, agentfleet_common::telemetry::LogFormat::Plain);
     let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
-    let code = match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(dispatch(cli.command, cli.home)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -22,13 +24,22 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn dispatch(command: Command) -> Result<i32, CliError> {
+async fn dispatch(command: Command, home: Option<PathBuf>) -> Result<i32, CliError> {
     match command {
-        Command::Run(args) => commands::run(args, agentfleet_common::shutdown::install()).await,
+        Command::Run(mut args) => {
+            args.home = home;
+            commands::run(args, agentfleet_common::shutdown::install()).await
+        }
+        Command::Runs(args) => inspect::runs(home.as_deref(), args).await,
+        Command::Show(args) => inspect::show(home.as_deref(), args).await,
+        Command::Logs(args) => inspect::logs(home.as_deref(), args).await,
         Command::Validate(args) => commands::validate(args).await,
         Command::Sidecars(args) => commands::sidecars(args).await,
         Command::Jobs(args) => commands::jobs(args).await,
-        Command::Demo(args) => demo::run(args, agentfleet_common::shutdown::install()).await,
+        Command::Demo(mut args) => {
+            args.home = home;
+            demo::run(args, agentfleet_common::shutdown::install()).await
+        }
         Command::Pki(PkiCommand::Init { dir }) => {
             let paths = pki::init(&dir).map_err(|e| CliError::bad_input(e.to_string()))?;
             eprintln!(
