@@ -1,6 +1,25 @@
-//! One telemetry setup for both binaries: `tracing` with an env filter (RUST_LOG),
-//! plain or JSON logs on stderr.
+//! One telemetry setup for both binaries:
+//!
+//! - logs: `tracing` with an env filter (RUST_LOG), plain or JSON lines on stderr ([`init`]);
+//! - export ([`export::start`]): OTLP/gRPC spans and metrics, only when configured
+//!   ([`settings`]), plus metrics kept for a Prometheus scrape where asked;
+//! - spans built after the fact from events ([`span`]), with ids derived from the run,
+//!   task, execution and step ([`ids`]), so every process names its spans and their
+//!   parents without coordination, and W3C `traceparent` crosses the gRPC hop;
+//! - metric names and units ([`metrics`]).
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+pub mod export;
+pub mod ids;
+pub mod metrics;
+pub mod prometheus;
+pub mod settings;
+pub mod span;
+
+pub use export::{Telemetry, export_span, spans_enabled};
+pub use ids::TraceParent;
+pub use settings::ExportSettings;
+pub use span::SpanRecord;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
