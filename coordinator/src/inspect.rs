@@ -12,7 +12,7 @@ mod tests;
 
 use crate::cli::{LogsArgs, RunsArgs, ShowArgs};
 use crate::error::{CliError, exit};
-use crate::store::{LogRow, RunRow, Store, StoreError, run_is_final};
+use crate::store::{Liveness, LogRow, RunRow, Store, StoreError, driver_liveness, run_is_final};
 
 /// How often `logs --follow` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -144,11 +144,26 @@ pub fn write_logs(
         if run_is_final(&status) {
             break;
         }
+        if driver_gone(store, run_id)? {
+            out.flush()?;
+            eprintln!(
+                "note: the coordinator driving run {run_id} is gone; `coordinator attach {run_id}` takes it over"
+            );
+            break;
+        }
         out.flush()?;
         std::thread::sleep(poll);
     }
     out.flush()?;
     Ok(())
+}
+
+/// True when the run's recorded driver process was on this host and no longer exists.
+fn driver_gone(store: &Store, run_id: &str) -> Result<bool, StoreError> {
+    let Some(run) = store.run(run_id)? else {
+        return Ok(false);
+    };
+    Ok(driver_liveness(run.driver_pid, run.driver_host.as_deref()) == Liveness::Gone)
 }
 
 /// Step names by (execution, step), for the log line prefix.

@@ -1,7 +1,7 @@
 //! Small writes the commands make themselves, outside a run's event stream: recording a
 //! new run before it starts, asking a run to stop, saying which process drives it.
 //! Each is one short transaction, safe while another process's writer is busy.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{OptionalExtension, params};
 
@@ -102,6 +102,39 @@ impl Store {
             return Err(StoreError::UnknownRun(run_id.to_owned()));
         }
         Ok(())
+    }
+}
+
+/// Whether the process recorded as driving a run still exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Gone,
+    /// Another host, no driver recorded, or no way to tell on this platform.
+    Unknown,
+}
+
+/// Looks for the driver `pid` when it ran on this host. Only a definite `Gone` should be
+/// acted on (a crashed coordinator: `attach` may take the run over); a recycled pid reads
+/// as `Alive`, which errs on the safe side.
+pub fn driver_liveness(pid: Option<u32>, host: Option<&str>) -> Liveness {
+    let (Some(pid), Some(host)) = (pid, host) else {
+        return Liveness::Unknown;
+    };
+    if host != this_host() {
+        return Liveness::Unknown;
+    }
+    if pid == std::process::id() {
+        return Liveness::Alive;
+    }
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return Liveness::Unknown;
+    }
+    if proc.join(pid.to_string()).exists() {
+        Liveness::Alive
+    } else {
+        Liveness::Gone
     }
 }
 

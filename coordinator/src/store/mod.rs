@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 pub use apply::{RUN_RUNNING, TASK_WAITING, task_is_final};
-pub use control::NewRun;
+pub use control::{Liveness, NewRun, driver_liveness, this_host};
 pub use queries::{ExecutionRow, LogRow, RunRow, RunSnapshot, StepRow, TaskRow, run_is_final};
 pub use reporter::StoreReporter;
 pub use schema::current_version as schema_version;

@@ -287,3 +287,24 @@ fn cancel_and_driver_are_shared_between_connections() {
     assert!(run_is_final(&other.run_status("r1").unwrap()));
     assert!(other.request_cancel("nope").unwrap_err().is_bad_run());
 }
+
+#[test]
+fn a_driver_on_this_host_is_found_alive_or_gone() {
+    let host = this_host();
+    assert_eq!(
+        driver_liveness(Some(std::process::id()), Some(&host)),
+        Liveness::Alive
+    );
+    assert_eq!(
+        driver_liveness(Some(1), Some("another-host.example")),
+        Liveness::Unknown
+    );
+    assert_eq!(driver_liveness(None, Some(&host)), Liveness::Unknown);
+    if cfg!(target_os = "linux") {
+        // Beyond the default pid_max: no such process.
+        assert_eq!(
+            driver_liveness(Some(u32::MAX - 1), Some(&host)),
+            Liveness::Gone
+        );
+    }
+}
