@@ -49,6 +49,10 @@ pub struct SidecarConfig {
     pub sqlagent: Option<SqlAgentConfig>,
     pub jobs: Vec<JobConfig>,
     pub log_format: LogFormat,
+    /// How command jobs' supervisor processes are started: not a file setting; by default
+    /// the running binary's hidden `supervise` entry (a program embedding the sidecar, such
+    /// as the coordinator's demo, offers the same entry or sets another command).
+    pub supervisor: crate::supervisor::SupervisorCommand,
 }
 
 /// `[tls]`: this sidecar's certificate, and who may call it.
@@ -274,6 +278,7 @@ pub fn from_text(
         sqlagent,
         jobs,
         log_format: log_format(flags, env)?,
+        supervisor: crate::supervisor::SupervisorCommand::this_program(),
     };
     let problems = validate::validate(&config, &spans, &origins, text);
     if problems.is_empty() {

@@ -2,7 +2,15 @@
 //! requests, listing, retention, and the shutdown of running work.
 //!
 //! Running state comes from the journal: an execution holds a slot until its Finished
-//! event is on disk (the writer publishes it on the execution's `Progress` watch).
+//! event is on disk. Who publishes that on the execution's `Progress` watch depends on
+//! where it runs:
+//! - in-process backends (SQL Server Agent): the journal writer task here;
+//! - supervised backends (command jobs): a follower task that polls the journal the
+//!   execution's supervisor process writes (`supervised.rs`).
+//!
+//! At start-up `recovery.rs` re-attaches to what still runs; at shutdown, running work is
+//! handed over rather than stopped where it can survive the sidecar (see `shutdown`).
+//! Retention (acknowledgements, the 7-day safety net) is in `retention.rs`.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,11 +25,23 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{Backend, BackendError, ExecutionContext};
 use crate::events::EventSink;
 use crate::journal::{ExecutionRecord, Journal, JournalError, Progress, reader, writer};
+use crate::supervisor::SupervisorCommand;
 
-/// Finished executions older than this are pruned even if nobody acknowledged them.
-pub const MAX_FINISHED_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How often the age limit is applied.
-pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+mod recovery;
+mod retention;
+mod supervised;
+
+pub use retention::{MAX_FINISHED_AGE, PRUNE_EVERY};
+
+/// How a registry is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    pub slots: u32,
+    pub state_dir: std::path::PathBuf,
+    /// How supervisor processes of command jobs are started.
+    pub supervisor: SupervisorCommand,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -65,10 +85,24 @@ impl From<RegistryError> for tonic::Status {
 struct Entry {
     record: ExecutionRecord,
     progress: watch::Sender<Progress>,
+    /// Cancelled once a stop was asked for (in-process backends watch it; for supervised
+    /// executions the request is the `stop` file, and this only makes stop idempotent).
     stop: CancellationToken,
+    /// For in-process executions that a restart resumes: cancelling it makes the journal
+    /// writer end without a Finished event (hand-over at shutdown).
+    detach: Option<CancellationToken>,
 }
 
 impl Entry {
+    fn new(record: ExecutionRecord, progress: Progress) -> Self {
+        Self {
+            record,
+            progress: watch::channel(progress).0,
+            stop: CancellationToken::new(),
+            detach: None,
+        }
+    }
+
     fn running(&self) -> bool {
         self.progress.borrow().finished.is_none()
     }
@@ -107,13 +141,16 @@ struct Inner {
     slots: u32,
     backends: Vec<Arc<dyn Backend>>,
     journal: Journal,
+    supervisor: SupervisorCommand,
     /// Serialises StartJob's check-and-insert (held across the backend routing await).
     start_lock: tokio::sync::Mutex<()>,
     /// Short, non-async critical sections only.
     executions: Mutex<HashMap<String, Arc<Entry>>>,
     closing: AtomicBool,
-    /// Fired at the end of shutdown: open Watch streams end with UNAVAILABLE.
+    /// Fired at the end of shutdown: open Watch streams end with UNAVAILABLE, and the
+    /// followers of supervised executions stop polling.
     watchers_stop: CancellationToken,
+    /// Journal writers, followers and resumes.
     writers: TaskTracker,
 }
 
@@ -124,15 +161,30 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Opens the journal under `state_dir` and loads every execution in it (those that
-    /// were running when the sidecar stopped are journaled as LOST).
+    /// Opens the journal under `state_dir` and recovers every execution in it, with
+    /// supervisors started as the running binary's `supervise` entry.
     pub async fn open(
         name: &str,
         slots: u32,
         state_dir: &std::path::Path,
         backends: Vec<Arc<dyn Backend>>,
     ) -> Result<Self, RegistryError> {
-        let dir = state_dir.to_owned();
+        let settings = Settings {
+            name: name.to_owned(),
+            slots,
+            state_dir: state_dir.to_owned(),
+            supervisor: SupervisorCommand::this_program(),
+        };
+        Self::open_with(settings, backends).await
+    }
+
+    /// Opens the journal and recovers every execution in it: finished ones are listed,
+    /// running ones re-attached or resumed, the rest closed as LOST (see `recovery.rs`).
+    pub async fn open_with(
+        settings: Settings,
+        backends: Vec<Arc<dyn Backend>>,
+    ) -> Result<Self, RegistryError> {
+        let dir = settings.state_dir.clone();
         let (journal, loaded) = tokio::task::spawn_blocking(move || {
             let journal = Journal::open(&dir)?;
             let loaded = journal.load_all()?;
@@ -140,34 +192,22 @@ impl Registry {
         })
         .await
         .map_err(|e| BackendError::Internal(format!("journal loader failed: {e}")))??;
-        let executions = loaded
-            .into_iter()
-            .map(|l| {
-                let entry = Entry {
-                    record: l.record,
-                    progress: watch::channel(l.progress).0,
-                    stop: CancellationToken::new(),
-                };
-                (entry.record.execution_id.clone(), Arc::new(entry))
-            })
-            .collect::<HashMap<_, _>>();
-        tracing::info!(
-            executions = executions.len(),
-            "loaded the execution journal"
-        );
-        Ok(Self {
+        let registry = Self {
             inner: Arc::new(Inner {
-                name: name.to_owned(),
-                slots,
+                name: settings.name,
+                slots: settings.slots,
                 backends,
                 journal,
+                supervisor: settings.supervisor,
                 start_lock: tokio::sync::Mutex::new(()),
-                executions: Mutex::new(executions),
+                executions: Mutex::new(HashMap::new()),
                 closing: AtomicBool::new(false),
                 watchers_stop: CancellationToken::new(),
                 writers: TaskTracker::new(),
             }),
-        })
+        };
+        registry.recover(loaded).await?;
+        Ok(registry)
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Entry>>> {
@@ -228,6 +268,8 @@ impl Registry {
                 return Err(BackendError::SlotsBusy(self.inner.slots).into());
             }
         }
+        let params = req.params.into_iter().collect();
+        let supervised = backend.supervised_job(&req.job, &params);
         let record = ExecutionRecord {
             execution_id: id.clone(),
             job: req.job.clone(),
@@ -235,40 +277,56 @@ impl Registry {
             run_id: req.run_id,
             task: req.task,
             attempt: req.attempt,
-            params: req.params.into_iter().collect(),
+            params,
             accepted_at_ms: agentfleet_common::now_ms(),
+            supervised: supervised.is_some(),
         };
         let journal = self.inner.journal.clone();
         let rec = record.clone();
         let (file, progress) = tokio::task::spawn_blocking(move || journal.create(&rec))
             .await
             .map_err(|e| BackendError::Internal(format!("journal task failed: {e}")))??;
-        let (sink, rx) = EventSink::channel(&id);
-        let entry = Arc::new(Entry {
-            record,
-            progress: watch::channel(progress).0,
-            stop: CancellationToken::new(),
-        });
-        let writer_progress = entry.progress.clone();
-        let writer_id = id.clone();
-        self.inner
-            .writers
-            .spawn(writer::run(file, rx, writer_progress, writer_id));
+        let mut entry = Entry::new(record, progress);
+        if supervised.is_none() && backend.resumes_after_restart() {
+            entry.detach = Some(CancellationToken::new());
+        }
+        let entry = Arc::new(entry);
         self.map().insert(id.clone(), entry.clone());
         // The slot is taken: later starts see this execution as running.
         drop(guard);
+        tracing::info!(execution_id = %id, job = %req.job, backend = backend.kind(), run_id = %entry.record.run_id, task = %entry.record.task, supervised = entry.record.supervised, "starting job");
+        match supervised {
+            Some(job) => self.start_supervised(&entry, file, job).await,
+            None => self.start_in_process(&entry, file, &backend).await,
+        }
+    }
 
-        tracing::info!(execution_id = %id, job = %req.job, backend = backend.kind(), run_id = %entry.record.run_id, task = %entry.record.task, "starting job");
+    /// Runs the execution in this process: a journal writer task, then `backend.start`.
+    async fn start_in_process(
+        &self,
+        entry: &Arc<Entry>,
+        file: writer::EventFile,
+        backend: &Arc<dyn Backend>,
+    ) -> Result<(proto::Execution, bool), RegistryError> {
+        let id = entry.record.execution_id.clone();
+        let (sink, rx) = EventSink::channel(&id);
+        self.inner.writers.spawn(writer::run_detachable(
+            file,
+            rx,
+            entry.progress.clone(),
+            id.clone(),
+            entry.detach.clone().unwrap_or_default(),
+        ));
         let ctx = ExecutionContext {
             execution_id: id.clone(),
-            job: req.job.clone(),
+            job: entry.record.job.clone(),
             params: entry.record.params.clone(),
             events: sink.clone(),
             stop: entry.stop.clone(),
         };
         let started = backend.start(ctx).await;
         if let Err(e) = started {
-            tracing::warn!(execution_id = %id, job = %req.job, error = %e, "job failed to start");
+            tracing::warn!(execution_id = %id, job = %entry.record.job, error = %e, "job failed to start");
             sink.emit(Kind::Finished(proto::Finished {
                 outcome: proto::Outcome::Failed as i32,
                 message: format!("failed to start: {e}"),
@@ -316,12 +374,19 @@ impl Registry {
 
     /// StopJob: asks a running execution to stop; idempotent, and a finished execution is
     /// returned unchanged.
-    pub fn stop(&self, id: &str, reason: &str) -> Result<proto::Execution, RegistryError> {
+    pub async fn stop(&self, id: &str, reason: &str) -> Result<proto::Execution, RegistryError> {
         let entry = self
             .entry(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         if entry.running() && !entry.stop.is_cancelled() {
             tracing::info!(execution_id = %id, job = %entry.record.job, %reason, "stop requested");
+            if entry.record.supervised {
+                let dir = self.inner.journal.dir(id);
+                let reason = if reason.is_empty() { "StopJob" } else { reason }.to_owned();
+                tokio::task::spawn_blocking(move || crate::supervisor::request_stop(&dir, &reason))
+                    .await
+                    .map_err(|e| BackendError::Internal(format!("stop task failed: {e}")))??;
+            }
             entry.stop.cancel();
         }
         Ok(entry.to_proto())
@@ -396,73 +461,15 @@ impl Registry {
         ))
     }
 
-    /// AckExecutions: deletes these executions if they have finished; returns how many.
-    pub async fn ack(&self, ids: &[String]) -> Result<u32, RegistryError> {
-        self.remove_where(|e| ids.contains(&e.record.execution_id))
-            .await
-    }
-
-    /// Deletes finished executions that finished more than `max_age` ago.
-    pub async fn prune(&self, max_age: Duration) -> Result<u32, RegistryError> {
-        let cutoff = agentfleet_common::now_ms() - max_age.as_millis() as i64;
-        self.remove_where(|e| {
-            e.progress
-                .borrow()
-                .finished
-                .as_ref()
-                .is_some_and(|f| f.at_ms < cutoff)
-        })
-        .await
-    }
-
-    async fn remove_where(&self, pick: impl Fn(&Entry) -> bool) -> Result<u32, RegistryError> {
-        let removed: Vec<String> = {
-            let mut map = self.map();
-            let ids: Vec<String> = map
-                .values()
-                .filter(|e| !e.running() && pick(e))
-                .map(|e| e.record.execution_id.clone())
-                .collect();
-            ids.iter().for_each(|id| {
-                map.remove(id);
-            });
-            ids
-        };
-        let journal = self.inner.journal.clone();
-        let count = removed.len() as u32;
-        tokio::task::spawn_blocking(move || removed.iter().try_for_each(|id| journal.remove(id)))
-            .await
-            .map_err(|e| BackendError::Internal(format!("prune task failed: {e}")))??;
-        Ok(count)
-    }
-
-    /// Applies the age limit now and then every `PRUNE_EVERY`, until `shutdown`.
-    pub fn spawn_pruner(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PRUNE_EVERY);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = shutdown.cancelled() => return,
-                }
-                // Policy on error: log and try again at the next tick.
-                match this.prune(MAX_FINISHED_AGE).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(pruned = n, "pruned executions finished over 7 days ago")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "pruning old executions failed"),
-                }
-            }
-        })
-    }
-
-    /// Refuses new starts, stops running executions and waits up to `grace` for their
-    /// Finished events; then ends open Watch streams. Bounded by `grace` + 1s.
+    /// Refuses new starts and lets running work go on without this process where it can:
+    /// supervised executions keep running under their supervisors, and resumable ones
+    /// (SQL Server Agent jobs) keep running on their server, their journal writers ending
+    /// without a Finished event; the next start re-attaches to both. Other executions are
+    /// stopped, with up to `grace` for their Finished events. Then open Watch streams end.
+    /// Bounded by `grace` + 1s.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.closing.store(true, Ordering::SeqCst);
-        // Let a start that is past its checks insert its execution, so it is stopped too.
+        // Let a start that is past its checks insert its execution, so it is handled too.
         drop(self.inner.start_lock.lock().await);
         let running: Vec<Arc<Entry>> = self
             .map()
@@ -470,10 +477,25 @@ impl Registry {
             .filter(|e| e.running())
             .cloned()
             .collect();
-        for e in &running {
+        let (handed_over, to_stop): (Vec<_>, Vec<_>) = running
+            .into_iter()
+            .partition(|e| e.record.supervised || e.detach.is_some());
+        for e in &handed_over {
+            if let Some(detach) = &e.detach {
+                detach.cancel();
+            }
+        }
+        if !handed_over.is_empty() {
+            let ids: Vec<&str> = handed_over
+                .iter()
+                .map(|e| e.record.execution_id.as_str())
+                .collect();
+            tracing::info!(executions = ?ids, "leaving running executions to go on; the next start re-attaches to them");
+        }
+        for e in &to_stop {
             e.stop.cancel();
         }
-        let waits = running.iter().map(|e| {
+        let waits = to_stop.iter().map(|e| {
             let mut rx = e.progress.subscribe();
             async move {
                 let _ = rx.wait_for(|p| p.finished.is_some()).await;
@@ -483,7 +505,7 @@ impl Registry {
             .await
             .is_err()
         {
-            let left: Vec<String> = running
+            let left: Vec<String> = to_stop
                 .iter()
                 .filter(|e| e.running())
                 .map(|e| e.record.execution_id.clone())

@@ -5,9 +5,14 @@
 //! - `events.pb`: the execution's events, append-only, each a length-delimited prost
 //!   `Event` with its sequence number (1, 2, 3, … without gaps).
 //!
-//! One writer task per execution appends (see `writer`); watchers read the file (see
-//! `reader`), woken through a `watch` channel carrying `Progress`. Nothing holds all of an
-//! execution's events in memory.
+//! One writer per execution appends (see `writer`): a task in the sidecar for in-process
+//! backends, or the execution's supervisor process for command jobs (see `supervisor`).
+//! Watchers read the file (see `reader`), woken through a `watch` channel carrying
+//! `Progress`. Nothing holds all of an execution's events in memory.
+//!
+//! Loading never changes a journal: a supervisor may still be appending to it. Closing an
+//! execution as LOST (`close_lost`) or continuing it (`reopen`) are separate steps that
+//! the caller takes once it knows nobody else writes (see `executions::recovery`).
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,6 +42,10 @@ pub struct ExecutionRecord {
     #[serde(default)]
     pub params: std::collections::BTreeMap<String, String>,
     pub accepted_at_ms: i64,
+    /// Run by a supervisor process of its own (command jobs), which writes the journal;
+    /// false for in-process backends and for records written before supervisors existed.
+    #[serde(default)]
+    pub supervised: bool,
 }
 
 /// How far an execution's journal has got; published on a `watch` after each append.
@@ -106,12 +115,18 @@ pub struct Journal {
 pub struct Loaded {
     pub record: ExecutionRecord,
     pub progress: Progress,
+    /// Bytes of whole events on disk (where a follower of the file goes on reading).
+    pub len: u64,
 }
 
 impl Journal {
     /// Opens (creating it if needed) `state_dir/executions`.
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
-        let root = state_dir.join("executions");
+        Self::at(state_dir.join("executions"))
+    }
+
+    /// The journal whose executions are the directories in `root` (`state_dir/executions`).
+    pub fn at(root: PathBuf) -> Result<Self, JournalError> {
         fs::create_dir_all(&root).map_err(io("create the journal directory", &root))?;
         Ok(Self { root })
     }
@@ -137,13 +152,7 @@ impl Journal {
             path: dir.clone(),
             source: e.into(),
         })?;
-        // tmp + rename: a record is either whole or absent.
-        let tmp = dir.join("execution.json.tmp");
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&json).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("sync", &tmp))?;
-        let path = dir.join(RECORD_FILE);
-        fs::rename(&tmp, &path).map_err(io("rename into", &path))?;
+        write_durably(&dir.join(RECORD_FILE), &json)?;
 
         // The file starts with Accepted (seq 1); the writer continues at seq 2.
         let mut file = writer::EventFile::open(self.events_path(&record.execution_id), 0, 2)?;
@@ -156,8 +165,8 @@ impl Journal {
         Ok((file, progress))
     }
 
-    /// Loads every execution on disk. A torn last record is cut off; an execution that
-    /// never finished gets a Finished{LOST} event, because nothing supervises it any more.
+    /// Loads every execution on disk, read-only: an unfinished one may still be written by
+    /// its supervisor, so nothing is cut or appended here (see `close_lost`, `reopen`).
     /// Blocking: call at start-up or from `spawn_blocking`.
     pub fn load_all(&self) -> Result<Vec<Loaded>, JournalError> {
         let mut loaded = Vec::new();
@@ -197,31 +206,67 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("read", &path)(e)),
         };
+        let scan = reader::scan(&self.events_path(id))?;
+        Ok(Some(Loaded {
+            record,
+            progress: scan.progress,
+            len: scan.good_len,
+        }))
+    }
+
+    /// The record of one execution (what its supervisor reads).
+    pub fn record(&self, id: &str) -> Result<ExecutionRecord, JournalError> {
+        let path = self.dir(id).join(RECORD_FILE);
+        let bytes = fs::read(&path).map_err(io("read", &path))?;
+        serde_json::from_slice(&bytes).map_err(|e| JournalError::Io {
+            action: "decode",
+            path,
+            source: e.into(),
+        })
+    }
+
+    /// Opens an existing execution's events for appending, continuing its sequence
+    /// numbers; a torn last record is cut off, and a missing Accepted event is written.
+    /// Only for the one writer: the caller holds the execution's lock or is the only
+    /// process that ever writes it. Blocking.
+    pub fn reopen(&self, id: &str) -> Result<(writer::EventFile, Progress), JournalError> {
+        let record = self.record(id)?;
         let events = self.events_path(id);
         let scan = reader::scan(&events)?;
-        let mut progress = scan.progress;
         if scan.good_len < scan.file_len {
             tracing::warn!(execution_id = %id, cut_bytes = scan.file_len - scan.good_len, "cutting a torn record off the end of the journal");
         }
+        let mut progress = scan.progress;
         let mut file = writer::EventFile::open(events, scan.good_len, progress.last_seq + 1)?;
-        let mut missing = Vec::new();
         if progress.last_seq == 0 {
-            missing.push(accepted_event(&record, 1));
+            let accepted = accepted_event(&record, 1);
+            file.append(&encode(std::slice::from_ref(&accepted)), true)?;
+            file.next_seq = 2;
+            progress.observe(&accepted);
         }
+        Ok((file, progress))
+    }
+
+    /// Ends an unfinished execution with Finished{LOST, `message`} (a finished one is left
+    /// as it is); returns its progress. Same rule as `reopen`: only the one writer. Blocking.
+    pub fn close_lost(&self, id: &str, message: &str) -> Result<Progress, JournalError> {
+        self.close(id, proto::Outcome::Lost, message)
+    }
+
+    /// Ends an unfinished execution with Finished{`outcome`, `message`}; see `close_lost`.
+    pub fn close(
+        &self,
+        id: &str,
+        outcome: proto::Outcome,
+        message: &str,
+    ) -> Result<Progress, JournalError> {
+        let (mut file, mut progress) = self.reopen(id)?;
         if progress.finished.is_none() {
-            let seq = progress.last_seq + missing.len() as u64 + 1;
-            missing.push(finished_event(
-                id,
-                seq,
-                proto::Outcome::Lost,
-                "the sidecar restarted while this execution was running; its result is unknown",
-            ));
+            let event = finished_event(id, file.next_seq(), outcome, message);
+            file.append(&encode(std::slice::from_ref(&event)), true)?;
+            progress.observe(&event);
         }
-        if !missing.is_empty() {
-            file.append(&encode(&missing), true)?;
-            missing.iter().for_each(|e| progress.observe(e));
-        }
-        Ok(Some(Loaded { record, progress }))
+        Ok(progress)
     }
 
     /// Deletes an execution's directory.
@@ -268,8 +313,20 @@ pub(crate) fn encode(events: &[Event]) -> Vec<u8> {
     buf
 }
 
+/// Writes `path` whole or not at all (tmp file, fsync, rename; the directory is synced by
+/// the caller when the file is new). Blocking.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("rename into", path))
+}
+
 /// Makes a rename or new file in `dir` durable (a no-op where directories can't be opened).
-fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     #[cfg(unix)]
     {
         File::open(dir)

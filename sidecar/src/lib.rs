@@ -11,3 +11,4 @@ pub mod process;
 pub mod journal;
 pub mod server;
 pub mod service;
+pub mod supervisor;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentfleet_common::telemetry::{self, LogFormat};
-use agentfleet_sidecar::{check, config, server, service};
+use agentfleet_sidecar::{check, config, server, service, supervisor};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -38,6 +38,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Internal: the supervisor of one command-job execution, started by `serve`.
+    #[command(hide = true)]
+    Supervise(supervisor::SuperviseArgs),
 }
 
 #[derive(Args)]
@@ -73,10 +76,14 @@ fn env(key: &str) -> Option<String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Supervise(args) = &cli.command {
+        // Its own runtime and log (the execution's supervisor.log); see `supervisor`.
+        return supervisor::main(args);
+    }
     agentfleet_common::tls::install_crypto_provider();
     let flags = match &cli.command {
         Command::Serve(a) | Command::Check(a) | Command::Install { config: a, .. } => a.flags(),
-        Command::Uninstall { .. } => config::Flags::default(),
+        Command::Uninstall { .. } | Command::Supervise(_) => config::Flags::default(),
     };
     let format = match config::log_format(&flags, &env) {
         Ok(f) => f,
@@ -101,6 +108,7 @@ fn main() -> ExitCode {
             report(service::install(&cfg.source, cfg.stop_grace, dry_run))
         }
         Command::Uninstall { dry_run } => report(service::uninstall(dry_run)),
+        Command::Supervise(_) => unreachable!("handled before the runtime starts"),
     }
 }
 

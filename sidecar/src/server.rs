@@ -1,9 +1,10 @@
 //! The gRPC server: the `agentfleet.sidecar.v1.Sidecar` service over mTLS, with client
 //! authorization (`allow_clients`), standard health checking and server reflection.
 //!
-//! Shutdown, in order and bounded: report NOT_SERVING, refuse new starts, stop running
-//! executions and wait for their Finished events (`stop_grace` + 5s), end open Watch
-//! streams, then close the listener and connections (5s more at most).
+//! Shutdown, in order and bounded: report NOT_SERVING, refuse new starts, hand running
+//! command jobs (to their supervisors) and SQL Server Agent jobs (to the next start) over,
+//! stop other running executions and wait for their Finished events (`stop_grace` + 5s),
+//! end open Watch streams, then close the listener and connections (5s more at most).
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +116,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let registry = Registry::open(&config.name, config.slots, &config.state_dir, backends).await?;
+    let settings = crate::executions::Settings {
+        name: config.name.clone(),
+        slots: config.slots,
+        state_dir: config.state_dir.clone(),
+        supervisor: config.supervisor.clone(),
+    };
+    let registry = Registry::open_with(settings, backends).await?;
     let pruner_stop = CancellationToken::new();
     let pruner = registry.spawn_pruner(pruner_stop.clone());
 

@@ -24,8 +24,11 @@ pub enum ServiceError {
 
 /// The systemd unit that runs `exe serve --config config`.
 pub fn unit_text(exe: &Path, config: &Path, stop_grace: Duration) -> String {
-    // The sidecar stops its jobs itself on SIGTERM (grace, then kill), so systemd signals
-    // only the main process (KillMode=mixed) and waits long enough for that to finish.
+    // KillMode=process: on stop, systemd signals only the sidecar itself and leaves the
+    // rest of the unit's cgroup alone. The rest is the command jobs' supervisors (and their
+    // steps): they must outlive a stop/restart/upgrade of the sidecar, which re-attaches to
+    // them when it starts again (the default, control-group, would kill every job). The
+    // sidecar's own shutdown stops what cannot be handed over; TimeoutStopSec bounds it.
     let stop_timeout = stop_grace.as_secs() + 20;
     format!(
         "[Unit]\n\
@@ -38,7 +41,7 @@ pub fn unit_text(exe: &Path, config: &Path, stop_grace: Duration) -> String {
          ExecStart=\"{exe}\" serve --config \"{config}\"\n\
          Restart=on-failure\n\
          RestartSec=5\n\
-         KillMode=mixed\n\
+         KillMode=process\n\
          TimeoutStopSec={stop_timeout}\n\
          \n\
          [Install]\n\
@@ -149,7 +152,7 @@ mod tests {
             "ExecStart=\"/usr/local/bin/sidecar\" serve --config \"/etc/agentfleet/sidecar.toml\"\n"
         ));
         assert!(unit.contains("TimeoutStopSec=30\n"));
-        assert!(unit.contains("KillMode=mixed\n"));
+        assert!(unit.contains("KillMode=process\n"));
         assert!(unit.contains("WantedBy=multi-user.target"));
     }
 }

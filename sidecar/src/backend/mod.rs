@@ -2,9 +2,17 @@
 //! `command` (programs from the sidecar's config) and `sqlagent` (SQL Server Agent jobs
 //! through tiberius). The execution registry owns idempotency, slots, the journal and
 //! stop requests; a backend only lists jobs, starts one, and reports through its sink.
+//!
+//! Two ways for an execution to outlive a sidecar restart:
+//! - supervised (`supervised_job` is `Some`): the execution runs in a supervisor process
+//!   of its own, which calls `start` there and writes the journal (`crate::supervisor`);
+//! - resumed (`resumes_after_restart`): after a restart the registry calls `start` again
+//!   with the same execution id, and the backend re-attaches instead of starting again.
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use agentfleet_common::proto;
+use serde::{Deserialize, Serialize};
 
 use crate::events::EventSink;
 
@@ -63,6 +71,15 @@ pub struct ExecutionContext {
     pub stop: tokio_util::sync::CancellationToken,
 }
 
+/// What a supervisor process needs to run one command job (written as `job.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisedJob {
+    pub job: command::JobConfig,
+    /// How long a stopped step's processes get between SIGTERM and SIGKILL.
+    #[serde(with = "agentfleet_common::duration::serde_req")]
+    pub stop_grace: Duration,
+}
+
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// "command" or "sqlagent".
@@ -79,4 +96,21 @@ pub trait Backend: Send + Sync + 'static {
     /// emitting Started, step and log events, and always ends with exactly one Finished
     /// event, also when `stop` is cancelled.
     async fn start(&self, ctx: ExecutionContext) -> Result<(), BackendError>;
+
+    /// `Some` when executions of `job` run in a supervisor process of their own: the job
+    /// checked as `start` would check it (an error refuses the start), ready for the
+    /// supervisor. `None` (the default): the execution runs in-process through `start`.
+    fn supervised_job(
+        &self,
+        _job: &str,
+        _params: &BTreeMap<String, String>,
+    ) -> Option<Result<SupervisedJob, BackendError>> {
+        None
+    }
+
+    /// True when `start`, called again after a sidecar restart with the id of an
+    /// execution that had not finished, re-attaches to it and never starts it twice.
+    fn resumes_after_restart(&self) -> bool {
+        false
+    }
 }

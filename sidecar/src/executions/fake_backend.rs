@@ -15,6 +15,8 @@ pub struct FakeBackend {
     pub starts: AtomicU32,
     /// Cancel to let every running job succeed.
     pub release: CancellationToken,
+    /// Claims `resumes_after_restart` (as SQL Server Agent does).
+    pub resumable: bool,
 }
 
 impl FakeBackend {
@@ -23,6 +25,7 @@ impl FakeBackend {
             jobs: jobs.iter().map(|j| (*j).to_owned()).collect(),
             starts: AtomicU32::new(0),
             release: CancellationToken::new(),
+            resumable: false,
         }
     }
 
@@ -52,6 +55,10 @@ impl Backend for FakeBackend {
                 ..Default::default()
             })
             .collect())
+    }
+
+    fn resumes_after_restart(&self) -> bool {
+        self.resumable
     }
 
     async fn start(&self, ctx: ExecutionContext) -> Result<(), BackendError> {

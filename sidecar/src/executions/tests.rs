@@ -138,15 +138,15 @@ async fn stop_is_idempotent_and_watch_sees_everything() {
     let (reg, _) = registry(dir.path(), 4).await;
     reg.start(req("w1", "a")).await.unwrap();
     let stream = reg.watch("w1", 0).unwrap();
-    reg.stop("w1", "test").unwrap();
-    reg.stop("w1", "test again").unwrap();
+    reg.stop("w1", "test").await.unwrap();
+    reg.stop("w1", "test again").await.unwrap();
     let events: Vec<proto::Event> = stream.map(|e| e.unwrap()).collect().await;
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4], "Accepted, Started, Logs, Finished");
-    let finished = reg.stop("w1", "after the end").unwrap();
+    let finished = reg.stop("w1", "after the end").await.unwrap();
     assert_eq!(finished.outcome, Outcome::Canceled as i32);
     assert_eq!(finished.last_seq, 4);
-    let missing = tonic::Status::from(reg.stop("nope", "").unwrap_err());
+    let missing = tonic::Status::from(reg.stop("nope", "").await.unwrap_err());
     assert_eq!(missing.code(), tonic::Code::NotFound);
     assert!(reg.watch("nope", 0).is_err());
 }
@@ -157,7 +157,7 @@ async fn restart_reports_running_executions_lost_and_ack_prunes() {
     {
         let (reg, _) = registry(dir.path(), 4).await;
         reg.start(req("r1", "a")).await.unwrap();
-        reg.stop("r1", "test").unwrap();
+        reg.stop("r1", "test").await.unwrap();
         wait_finished(&reg, "r1").await;
         reg.start(req("r2", "b")).await.unwrap();
         // Wait for Started on disk, then "crash": nothing more is written.
@@ -182,6 +182,58 @@ async fn restart_reports_running_executions_lost_and_ack_prunes() {
     assert!(reg.get("r1").is_none());
     assert_eq!(reg.prune(Duration::ZERO).await.unwrap(), 1);
     assert!(reg.list(false).is_empty());
+}
+
+#[tokio::test]
+async fn a_resumable_execution_is_handed_over_and_continues_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |backend: Arc<FakeBackend>| {
+        let dir = dir.path().to_owned();
+        async move {
+            Registry::open("test", 2, &dir, vec![backend as Arc<dyn Backend>])
+                .await
+                .unwrap()
+        }
+    };
+    let mut first = FakeBackend::new(&["a"]);
+    first.resumable = true;
+    let reg = open(Arc::new(first)).await;
+    reg.start(req("h1", "a")).await.unwrap();
+    progress(&reg, "h1")
+        .wait_for(|p| p.last_seq == 3)
+        .await
+        .unwrap();
+    // A graceful stop hands the execution over: no Finished is journaled.
+    reg.shutdown(Duration::from_secs(1)).await;
+    assert!(reg.get("h1").unwrap().state != ExecutionState::Finished as i32);
+
+    let mut second = FakeBackend::new(&["a"]);
+    second.resumable = true;
+    let second = Arc::new(second);
+    let reg = open(second.clone()).await;
+    assert_eq!(
+        reg.describe().running,
+        1,
+        "the resumed execution holds a slot"
+    );
+    let stream = reg.watch("h1", 0).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while second.starts() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the backend is asked to start (re-attach) the execution again");
+    second.release.cancel();
+    let events: Vec<proto::Event> = stream.map(|e| e.unwrap()).collect().await;
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "{events:?}");
+    let started = events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(Kind::Started(_))))
+        .count();
+    assert_eq!(started, 1, "the repeated Started is dropped: {events:?}");
+    assert_eq!(reg.get("h1").unwrap().outcome, Outcome::Succeeded as i32);
 }
 
 #[tokio::test]

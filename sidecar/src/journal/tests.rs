@@ -18,6 +18,7 @@ fn record(id: &str) -> ExecutionRecord {
         attempt: 1,
         params: Default::default(),
         accepted_at_ms: 1,
+        supervised: false,
     }
 }
 
@@ -181,23 +182,28 @@ async fn load_cuts_torn_tail_and_marks_unfinished_lost() {
     f.write_all(&[0x40, 1, 2, 3]).unwrap();
     drop(f);
 
+    // Loading only reads: a supervisor may still be writing this journal.
     let loaded = journal.load_all().unwrap();
     assert_eq!(loaded.len(), 1);
-    let p = &loaded[0].progress;
+    assert_eq!(loaded[0].progress.last_seq, 3);
+    assert!(loaded[0].progress.finished.is_none());
+    assert!(std::fs::metadata(&path).unwrap().len() > good_len);
+
+    let p = journal.close_lost("e4", "the sidecar restarted").unwrap();
     assert_eq!(p.last_seq, 4, "Accepted, Started, Logs, then LOST");
     let fin = p.finished.as_ref().unwrap();
     assert_eq!(fin.outcome, proto::Outcome::Lost);
     assert!(fin.message.contains("restarted"));
-    assert!(std::fs::metadata(&path).unwrap().len() > good_len);
     let (events, _) = reader::read_from(&path, 0, usize::MAX).unwrap();
     assert_eq!(
         events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![1, 2, 3, 4]
     );
 
-    // Loading again changes nothing.
+    // Closing or loading again changes nothing.
+    assert_eq!(journal.close_lost("e4", "again").unwrap(), p);
     let again = journal.load_all().unwrap();
-    assert_eq!(again[0].progress, loaded[0].progress);
+    assert_eq!(again[0].progress, p);
 }
 
 #[tokio::test]
@@ -211,7 +217,8 @@ async fn load_record_without_events_gets_accepted_and_lost() {
     let loaded = journal.load_all().unwrap();
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded[0].record, record("e5"));
-    assert_eq!(loaded[0].progress.last_seq, 2);
+    assert_eq!(loaded[0].progress.last_seq, 0);
+    assert_eq!(journal.close_lost("e5", "lost").unwrap().last_seq, 2);
     assert!(!journal.dir("orphan").exists());
     journal.remove("e5").unwrap();
     assert!(journal.load_all().unwrap().is_empty());

@@ -9,6 +9,10 @@
 //!
 //! Error policy: a failed append is cut back and retried every second, with a warning;
 //! the backend waits meanwhile (backpressure), so nothing is numbered twice or lost.
+//!
+//! A journal holds at most one Started event: a backend that re-attaches to a running job
+//! after a sidecar restart (SQL Server Agent) reports Started again, and the writer, which
+//! continues the existing journal, drops the repeat.
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +20,7 @@ use std::time::Duration;
 
 use agentfleet_common::proto::{self, Event, event::Kind};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::{JournalError, Progress, encode, finished_event, open_append};
 use crate::events::SinkMsg;
@@ -33,7 +38,7 @@ pub struct EventFile {
     path: PathBuf,
     file: File,
     len: u64,
-    next_seq: u64,
+    pub(super) next_seq: u64,
 }
 
 impl EventFile {
@@ -50,6 +55,11 @@ impl EventFile {
 
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// Bytes in the file (all whole events).
+    pub fn size(&self) -> u64 {
+        self.len
     }
 
     /// Appends encoded events; on failure the file is cut back to its previous length.
@@ -116,8 +126,13 @@ impl<'a> Batch<'a> {
         self.next_seq += 1;
     }
 
-    fn push(&mut self, msg: SinkMsg) {
+    /// Adds one message; a second Started event (see the module docs) is dropped.
+    fn push(&mut self, msg: SinkMsg, started: &mut bool) {
         match msg {
+            SinkMsg::Event {
+                kind: Kind::Started(_),
+                ..
+            } if *started => {}
             SinkMsg::Log { ts_ms, line } => {
                 if self.lines.is_empty() {
                     self.lines_ts = ts_ms;
@@ -132,6 +147,7 @@ impl<'a> Batch<'a> {
                 }
             }
             SinkMsg::Event { ts_ms, kind } => {
+                *started |= matches!(kind, Kind::Started(_));
                 self.flush_lines();
                 self.bytes += 64;
                 self.push_event(ts_ms, kind);
@@ -169,16 +185,36 @@ pub fn spawn(
 
 /// The writer's loop (for callers that track their tasks; see `spawn`).
 pub async fn run(
+    file: EventFile,
+    rx: mpsc::Receiver<SinkMsg>,
+    progress: watch::Sender<Progress>,
+    execution_id: String,
+) {
+    run_detachable(file, rx, progress, execution_id, CancellationToken::new()).await;
+}
+
+/// Like `run`; when `detach` fires, writes what is already queued and ends without a
+/// Finished event: the sidecar is going down and hands the execution over to its
+/// restart, which continues this journal (see `executions::recovery`).
+pub async fn run_detachable(
     mut file: EventFile,
     mut rx: mpsc::Receiver<SinkMsg>,
     progress: watch::Sender<Progress>,
     execution_id: String,
+    detach: CancellationToken,
 ) {
+    let mut started = progress.borrow().started;
     loop {
         let mut batch = Batch::new(&execution_id, file.next_seq());
-        match rx.recv().await {
-            Some(msg) => batch.push(msg),
-            None => {
+        let first = tokio::select! {
+            biased;
+            msg = rx.recv() => Some(msg),
+            () = detach.cancelled() => None,
+        };
+        let detaching = first.is_none();
+        match first {
+            Some(Some(msg)) => batch.push(msg, &mut started),
+            Some(None) => {
                 // The backend dropped its sink without a Finished event (a bug, or the
                 // sidecar is going down): say so rather than leave watchers hanging.
                 let e = finished_event(
@@ -191,25 +227,29 @@ pub async fn run(
                 batch.durable = true;
                 batch.finished = true;
             }
+            None => {}
         }
         // Take whatever else is already queued, so bursts of log lines share events and
         // writes; when the channel is momentarily empty, write at once (low latency).
-        while !batch.finished && batch.bytes < MAX_BATCH_BYTES {
+        while !batch.finished && (detaching || batch.bytes < MAX_BATCH_BYTES) {
             match rx.try_recv() {
-                Ok(msg) => batch.push(msg),
+                Ok(msg) => batch.push(msg, &mut started),
                 Err(_) => break,
             }
         }
         batch.flush_lines();
         let (events, durable, finished) = (batch.events, batch.durable, batch.finished);
-        let bytes = encode(&events);
-        let Some(f) = write_with_retry(file, bytes, durable, &execution_id).await else {
-            return; // the runtime is shutting down
-        };
-        file = f;
-        file.next_seq += events.len() as u64;
-        progress.send_modify(|p| events.iter().for_each(|e| p.observe(e)));
-        if finished {
+        if !events.is_empty() {
+            let bytes = encode(&events);
+            let Some(f) = write_with_retry(file, bytes, durable || detaching, &execution_id).await
+            else {
+                return; // the runtime is shutting down
+            };
+            file = f;
+            file.next_seq += events.len() as u64;
+            progress.send_modify(|p| events.iter().for_each(|e| p.observe(e)));
+        }
+        if finished || detaching {
             return;
         }
     }

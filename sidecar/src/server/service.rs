@@ -63,7 +63,7 @@ impl Sidecar for SidecarService {
         request: Request<proto::StopJobRequest>,
     ) -> Result<Response<proto::StopJobResponse>, Status> {
         let req = request.into_inner();
-        let execution = self.registry.stop(&req.execution_id, &req.reason)?;
+        let execution = self.registry.stop(&req.execution_id, &req.reason).await?;
         Ok(Response::new(proto::StopJobResponse {
             execution: Some(execution),
         }))

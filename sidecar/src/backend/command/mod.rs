@@ -8,6 +8,9 @@
 //!
 //! Nothing that arrives over the wire becomes part of a command line: a task's params
 //! only become environment variables, and only those the job declares.
+//!
+//! In the sidecar, executions run in a supervisor process each (`supervised_job` gives
+//! what it needs; see `crate::supervisor`), which drives them through `start` here.
 use std::collections::{BTreeSet, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -18,7 +21,7 @@ use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Backend, BackendError, ExecutionContext};
+use super::{Backend, BackendError, ExecutionContext, SupervisedJob};
 
 pub mod config;
 mod flow;
@@ -111,9 +114,41 @@ impl CommandBackend {
     }
 }
 
+impl CommandBackend {
+    /// The job, if it exists, is well configured and declares every param given.
+    fn runnable(
+        &self,
+        name: &str,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<&Arc<PreparedJob>, BackendError> {
+        let Some(job) = self.job(name) else {
+            return Err(BackendError::NotFound {
+                job: name.to_owned(),
+                offered: self
+                    .jobs
+                    .iter()
+                    .map(|j| format!("`{}`", j.config.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        if let Err(e) = &job.plan {
+            return Err(BackendError::Internal(format!(
+                "job `{}` is misconfigured: {e}",
+                job.config.name
+            )));
+        }
+        check_params(&job.config, params)?;
+        Ok(job)
+    }
+}
+
 /// Refuses params the job does not declare, and values no environment can hold.
-fn check_params(job: &JobConfig, ctx: &ExecutionContext) -> Result<(), BackendError> {
-    for (name, value) in &ctx.params {
+fn check_params(
+    job: &JobConfig,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Result<(), BackendError> {
+    for (name, value) in params {
         if !job.params.contains(name) {
             let declared = if job.params.is_empty() {
                 "it declares none".to_owned()
@@ -161,25 +196,19 @@ impl Backend for CommandBackend {
         Ok(self.jobs.iter().map(|j| self.describe(j)).collect())
     }
 
+    fn supervised_job(
+        &self,
+        job: &str,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Option<Result<SupervisedJob, BackendError>> {
+        Some(self.runnable(job, params).map(|job| SupervisedJob {
+            job: job.config.clone(),
+            stop_grace: self.stop_grace,
+        }))
+    }
+
     async fn start(&self, ctx: ExecutionContext) -> Result<(), BackendError> {
-        let Some(job) = self.job(&ctx.job).cloned() else {
-            return Err(BackendError::NotFound {
-                job: ctx.job.clone(),
-                offered: self
-                    .jobs
-                    .iter()
-                    .map(|j| format!("`{}`", j.config.name))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        };
-        if let Err(e) = &job.plan {
-            return Err(BackendError::Internal(format!(
-                "job `{}` is misconfigured: {e}",
-                job.config.name
-            )));
-        }
-        check_params(&job.config, &ctx)?;
+        let job = self.runnable(&ctx.job, &ctx.params)?.clone();
         let guard = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             if !running.insert(job.config.name.clone()) {

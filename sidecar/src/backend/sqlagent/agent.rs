@@ -469,6 +469,12 @@ impl Backend for SqlAgentBackend {
             .collect())
     }
 
+    /// The ledger makes a repeated `start` with a known execution id a re-attach (see
+    /// `resume`): the run is followed from the ledger's cursor, never started again.
+    fn resumes_after_restart(&self) -> bool {
+        true
+    }
+
     async fn start(&self, ctx: ExecutionContext) -> Result<(), BackendError> {
         if !ctx.params.is_empty() {
             return Err(BackendError::InvalidArgument(

@@ -1,0 +1,189 @@
+//! The supervisor's side: take the lock, check the journal, run the command job with the
+//! journal writer in this process, watch for a stop request, exit after Finished.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentfleet_common::proto::{self, event::Kind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::lock::ExecutionLock;
+use super::spawn::{JOB_FILE, STOP_FILE};
+use crate::backend::command::CommandBackend;
+use crate::backend::{Backend, ExecutionContext, SupervisedJob};
+use crate::events::EventSink;
+use crate::journal::{Journal, JournalError, writer};
+
+/// How often the supervisor looks for `DIR/stop`.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// How a supervisor's work ended (all are exit code 0).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Done {
+    /// The execution ran here to its Finished event.
+    Ran,
+    /// Another supervisor holds the lock: it owns the execution.
+    AlreadySupervised,
+    /// The journal already holds Started or Finished: never run a job twice.
+    AlreadyRan,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("`{}` is not an execution directory (state_dir/executions/<id>)", .0.display())]
+    NotAnExecutionDir(PathBuf),
+    #[error("failed to lock `{}`: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to read the job description `{}`: {detail}", path.display())]
+    Job { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Runs the execution in `dir` (see the module docs of `supervisor`).
+pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
+    let not_exec = || SuperviseError::NotAnExecutionDir(dir.to_owned());
+    let id = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(not_exec)?
+        .to_owned();
+    let root = dir.parent().ok_or_else(not_exec)?.to_owned();
+    let Some(lock) = ExecutionLock::try_acquire(dir).map_err(|source| SuperviseError::Lock {
+        path: dir.to_owned(),
+        source,
+    })?
+    else {
+        return Ok(Done::AlreadySupervised);
+    };
+
+    let journal = Journal::at(root)?;
+    let record = journal.record(&id)?;
+    let job = read_job(&dir.join(JOB_FILE))?;
+    // Under the lock nobody else writes the journal: reopen it (cutting a torn tail).
+    let (file, progress) = journal.reopen(&id)?;
+    if progress.started || progress.finished.is_some() {
+        tracing::warn!(execution_id = %id, "the journal shows this execution already started; not running it again");
+        return Ok(Done::AlreadyRan);
+    }
+
+    let (sink, rx) = EventSink::channel(&id);
+    let (progress_tx, _) = watch::channel(progress);
+    let writer = tokio::spawn(writer::run(file, rx, progress_tx, id.clone()));
+    let stop = CancellationToken::new();
+    let watcher = tokio::spawn(watch_for_stop(dir.to_owned(), stop.clone()));
+
+    tracing::info!(execution_id = %id, job = %record.job, "supervisor starting job");
+    let backend = Arc::new(CommandBackend::new(vec![job.job], job.stop_grace));
+    let ctx = ExecutionContext {
+        execution_id: id.clone(),
+        job: record.job.clone(),
+        params: record.params.clone(),
+        events: sink.clone(),
+        stop,
+    };
+    if let Err(e) = backend.start(ctx).await {
+        tracing::warn!(execution_id = %id, error = %e, "job failed to start");
+        sink.emit(Kind::Finished(proto::Finished {
+            outcome: proto::Outcome::Failed as i32,
+            message: format!("failed to start: {e}"),
+        }))
+        .await;
+    }
+    drop(sink);
+    // The writer ends once Finished is on disk (or, should every sender go without one,
+    // after journaling LOST itself).
+    if let Err(e) = writer.await {
+        tracing::error!(execution_id = %id, error = %e, "the journal writer failed");
+    }
+    watcher.abort();
+    drop(lock);
+    Ok(Done::Ran)
+}
+
+fn read_job(path: &Path) -> Result<SupervisedJob, SuperviseError> {
+    let detail = |e: &dyn std::fmt::Display| SuperviseError::Job {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    };
+    let bytes = std::fs::read(path).map_err(|e| detail(&e))?;
+    serde_json::from_slice(&bytes).map_err(|e| detail(&e))
+}
+
+/// Cancels `stop` when `DIR/stop` appears or the supervisor is asked to terminate.
+async fn watch_for_stop(dir: PathBuf, stop: CancellationToken) {
+    let path = dir.join(STOP_FILE);
+    let mut signals = Signals::install();
+    let mut tick = tokio::time::interval(STOP_POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Ok(reason) = tokio::fs::read_to_string(&path).await {
+                    tracing::info!(reason = %reason.trim(), "stop requested");
+                    break;
+                }
+            }
+            why = signals.terminate() => {
+                tracing::info!(signal = why, "asked to terminate: stopping the job");
+                break;
+            }
+        }
+    }
+    stop.cancel();
+}
+
+/// SIGTERM / SIGINT stop the job; SIGHUP (a closing terminal) is caught and ignored.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Waits for a signal that means "stop"; returns its name.
+    async fn terminate(&mut self) -> &'static str {
+        #[cfg(unix)]
+        loop {
+            let term = async {
+                match &mut self.term {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let hup = async {
+                match &mut self.hup {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term => return "SIGTERM",
+                _ = tokio::signal::ctrl_c() => return "SIGINT",
+                _ = hup => tracing::info!("ignoring SIGHUP"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
