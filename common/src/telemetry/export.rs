@@ -64,8 +64,12 @@ pub fn start(settings: &ExportSettings) -> Result<Option<&'static Telemetry>, Ex
         return Ok(Some(existing));
     }
     let telemetry = Telemetry::build(settings)?;
-    // A concurrent first call may have won; either pipeline is fine, keep the winner.
-    Ok(Some(TELEMETRY.get_or_init(|| telemetry)))
+    // A concurrent first call may have won; either pipeline is fine, keep the winner. The
+    // loser owns a runtime, which must not be dropped on an async thread.
+    if let Err(loser) = TELEMETRY.set(telemetry) {
+        std::thread::spawn(move || drop(loser));
+    }
+    Ok(TELEMETRY.get())
 }
 
 /// The running export, if [`start`] set one up.

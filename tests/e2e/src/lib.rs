@@ -26,6 +26,7 @@ pub mod env;
 pub mod events;
 pub mod files;
 pub mod grpc;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod sidecar;
