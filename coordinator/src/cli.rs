@@ -19,6 +19,10 @@ pub struct Cli {
     /// platform's data directory for agentfleet.
     #[arg(long, global = true, env = "AGENTFLEET_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// OTLP/gRPC collector for traces and metrics (e.g. http://localhost:4317); off when
+    /// unset. The standard OTEL_EXPORTER_OTLP_* variables work too.
+    #[arg(long, global = true, env = "AGENTFLEET_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

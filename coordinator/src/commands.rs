@@ -101,6 +101,7 @@ pub async fn run(args: RunArgs, interrupt: CancellationToken) -> Result<i32, Cli
     };
     let dispatcher = Dispatcher::new(&plan, run_id.clone(), sidecars, &infos, tx, options);
     check_placeable(&plan, &dispatcher, &infos)?;
+    report::otel::set_plan(&plan);
     let store = record_run(&args, &plan, &run_id)?;
     let reporting = spawn_reporters_with(rx, args.json, args.show_logs, Some(store));
     let result = dispatcher

@@ -225,7 +225,15 @@ async fn start(
     let began = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let status = match sidecar.client.clone().start_job(request.clone()).await {
+        // W3C trace context: the sidecar's execution span is a child of this attempt's task span.
+        let mut traced = tonic::Request::new(request.clone());
+        agentfleet_common::telemetry::TraceParent::for_task(
+            &spec.run_id,
+            &spec.at.task,
+            spec.at.attempt,
+        )
+        .inject(traced.metadata_mut());
+        let status = match sidecar.client.clone().start_job(traced).await {
             Ok(_) => return Ok(()),
             Err(status) => status,
         };
@@ -286,6 +294,7 @@ impl Watcher<'_> {
             return None; // already seen before a reconnect
         }
         let seq = event.seq;
+        crate::report::otel::record_event_lag(&self.spec.at.sidecar, event.ts_ms);
         let outcome = self.translate(event).await;
         self.last_seq = seq;
         self.send(RunEventKind::ExecutionSeq {

@@ -198,6 +198,8 @@ impl StepNames {
         };
         let step = match self.names.get(&(row.execution_id.clone(), row.step)) {
             Some(name) if !name.is_empty() => name.clone(),
+            // Step 0: the job as a whole (e.g. SQL Server Agent's job outcome message).
+            _ if row.step == 0 => "job".to_owned(),
             _ => row.step.to_string(),
         };
         format!("{}{attempt}/{step}/{}", row.task, row.stream)

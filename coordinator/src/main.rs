@@ -11,6 +11,7 @@ fn main() {
     let cli = Cli::parse();
     agentfleet_common::tls::install_crypto_provider();
     agentfleet_common::telemetry::init(&cli.log, agentfleet_common::telemetry::LogFormat::Plain);
+    let telemetry = start_telemetry(cli.otlp_endpoint.as_deref());
     let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
     let code = match runtime.block_on(dispatch(cli.command, cli.home)) {
         Ok(code) => code,
@@ -21,7 +22,26 @@ fn main() {
     };
     // Don't wait for stray blocking tasks (e.g. a terminal reader) on the way out.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    // Off the async runtime (it blocks), bounded: a collector that is down costs at most this.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown(std::time::Duration::from_secs(3));
+    }
     std::process::exit(code);
+}
+
+/// OTLP export of spans and metrics, when an endpoint is configured (flag, its env twin
+/// or the standard OTEL_* variables). A broken setup is reported and skipped: telemetry
+/// never stops a run.
+fn start_telemetry(
+    endpoint: Option<&str>,
+) -> Option<&'static agentfleet_common::telemetry::Telemetry> {
+    use agentfleet_common::telemetry::{ExportSettings, export};
+    let env = |k: &str| std::env::var(k).ok();
+    let settings = ExportSettings::resolve("agentfleet-coordinator", endpoint, &env);
+    export::start(&settings).unwrap_or_else(|e| {
+        eprintln!("warning: {e}; continuing without telemetry export");
+        None
+    })
 }
 
 async fn dispatch(command: Command, home: Option<PathBuf>) -> Result<i32, CliError> {

@@ -76,6 +76,9 @@ pub struct TelemetryConfig {
     /// Default: "agentfleet-sidecar".
     #[serde(default)]
     pub service_name: Option<String>,
+    /// `host:port` of the admin HTTP server (/metrics, /healthz, /readyz); off when absent.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
 }
 
 /// The file as written; every top-level setting is optional here because the

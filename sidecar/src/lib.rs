@@ -2,13 +2,15 @@
 //! SQL Server Agent jobs and command jobs, and journals and streams their events.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod check;
 pub mod config;
 pub mod events;
 pub mod executions;
-pub mod process;
 pub mod journal;
+pub mod process;
 pub mod server;
 pub mod service;
 pub mod supervisor;
+pub mod telemetry;

@@ -123,6 +123,7 @@ pub async fn serve(
         supervisor: config.supervisor.clone(),
     };
     let registry = Registry::open_with(settings, backends).await?;
+    let telemetry = crate::telemetry::start(config, &registry, &shutdown).await?;
     let pruner_stop = CancellationToken::new();
     let pruner = registry.spawn_pruner(pruner_stop.clone());
 
@@ -181,6 +182,7 @@ pub async fn serve(
             Err(e) => e.to_string(),
         };
         registry.shutdown(config.stop_grace + FINISH_MARGIN).await;
+        telemetry.shutdown().await;
         return Err(ServeError::Stopped(why));
     }
 
@@ -204,6 +206,8 @@ pub async fn serve(
         }
     }
     let _ = pruner.await;
+    // Last, so the Finished events of stopped executions are exported too (bounded).
+    telemetry.shutdown().await;
     tracing::info!("sidecar stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! consume `RunEvent`s and never feed anything back into the run.
 mod json;
 mod live;
+pub mod otel;
 mod plain;
 mod style;
 pub mod summary;
@@ -65,6 +66,10 @@ pub fn reporters(opts: ReportOptions) -> Vec<Box<dyn Reporter>> {
     }
     if opts.json {
         out.push(Box::new(JsonLines::stdout()));
+    }
+    // Spans and metrics, when this process exports telemetry.
+    if let Some(otel) = otel::OtelReporter::when_enabled() {
+        out.push(Box::new(otel));
     }
     out
 }

@@ -40,7 +40,11 @@ impl Sidecar for SidecarService {
         &self,
         request: Request<proto::StartJobRequest>,
     ) -> Result<Response<proto::StartJobResponse>, Status> {
+        let parent = crate::telemetry::parent_of(request.metadata(), request.get_ref());
         let (execution, created) = self.registry.start(request.into_inner()).await?;
+        if created {
+            crate::telemetry::follow(&self.registry, &execution, parent);
+        }
         Ok(Response::new(proto::StartJobResponse {
             execution: Some(execution),
             created,
