@@ -225,15 +225,15 @@ async fn deliver(x: &mut Followed, outs: Vec<Out>) {
     for o in outs {
         match o {
             Out::Event { ts_ms, kind } => {
-                if let proto::event::Kind::StepFinished(sf) = &kind {
-                    if let Some((step, mut tail)) = x.tail.take() {
-                        if step as u32 == sf.step_id {
-                            for line in tail.read_new(true) {
-                                sink.log(sf.step_id, LogStream::Stdout, line).await;
-                            }
-                        } else {
-                            x.tail = Some((step, tail));
+                if let proto::event::Kind::StepFinished(sf) = &kind
+                    && let Some((step, mut tail)) = x.tail.take()
+                {
+                    if step as u32 == sf.step_id {
+                        for line in tail.read_new(true) {
+                            sink.log(sf.step_id, LogStream::Stdout, line).await;
                         }
+                    } else {
+                        x.tail = Some((step, tail));
                     }
                 }
                 sink.emit_at(ts_ms, kind).await;

@@ -118,12 +118,11 @@ impl Ledger {
             let Ok(text) = std::fs::read_to_string(e.path()) else {
                 continue;
             };
-            if let Ok(entry) = serde_json::from_str::<Entry>(&text) {
-                if entry.state == State::Finished
-                    && now_ms - entry.created_ms > age.as_millis() as i64
-                {
-                    let _ = std::fs::remove_file(e.path());
-                }
+            if let Ok(entry) = serde_json::from_str::<Entry>(&text)
+                && entry.state == State::Finished
+                && now_ms - entry.created_ms > age.as_millis() as i64
+            {
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }

@@ -74,13 +74,13 @@ impl OutputTail {
         };
         let offset = if meta.len() < offset { 0 } else { offset };
         let mut lines = Vec::new();
-        if let Ok(mut f) = std::fs::File::open(&self.path) {
-            if f.seek(SeekFrom::Start(offset)).is_ok() {
-                let mut buf = Vec::new();
-                let n = f.take(MAX_READ).read_to_end(&mut buf).unwrap_or(0) as u64;
-                self.offset = Some(offset + n);
-                self.partial.extend_from_slice(&buf);
-            }
+        if let Ok(mut f) = std::fs::File::open(&self.path)
+            && f.seek(SeekFrom::Start(offset)).is_ok()
+        {
+            let mut buf = Vec::new();
+            let n = f.take(MAX_READ).read_to_end(&mut buf).unwrap_or(0) as u64;
+            self.offset = Some(offset + n);
+            self.partial.extend_from_slice(&buf);
         }
         while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=i).collect();

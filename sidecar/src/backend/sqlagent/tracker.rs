@@ -248,28 +248,28 @@ impl Tracker {
         if self.server_started.is_none() {
             self.server_started = hb.server_started;
         }
-        if let (Some(mine), Some(now)) = (self.agent_session_id, hb.agent_session_id) {
-            if mine != now {
-                out.extend(self.finish(
+        if let (Some(mine), Some(now)) = (self.agent_session_id, hb.agent_session_id)
+            && mine != now
+        {
+            out.extend(self.finish(
                     proto::Outcome::Lost,
                     format!("SQL Server Agent restarted (session {mine} -> {now}) while `{}` ran; its outcome is unknown", self.job.name),
                     obs.now_ms,
                 ));
-                return out;
-            }
+            return out;
         }
-        if let (Some(mine), Some(now)) = (self.server_started, hb.server_started) {
-            if mine != now {
-                out.extend(self.finish(
-                    proto::Outcome::Lost,
-                    format!(
-                        "SQL Server restarted (at {now}) while `{}` ran; its outcome is unknown",
-                        self.job.name
-                    ),
-                    obs.now_ms,
-                ));
-                return out;
-            }
+        if let (Some(mine), Some(now)) = (self.server_started, hb.server_started)
+            && mine != now
+        {
+            out.extend(self.finish(
+                proto::Outcome::Lost,
+                format!(
+                    "SQL Server restarted (at {now}) while `{}` ran; its outcome is unknown",
+                    self.job.name
+                ),
+                obs.now_ms,
+            ));
+            return out;
         }
         if obs.activity.is_some_and(|a| !a.job_exists) {
             out.extend(self.finish(
