@@ -90,7 +90,14 @@ fn one_trace_per_run_across_coordinator_and_sidecars() {
     let receiver = OtlpReceiver::start();
     let sidecars: Vec<_> = ["s1", "s2", "s3"]
         .iter()
-        .map(|name| env.start_sidecar(name, &jobs(), options(&receiver.endpoint())))
+        .map(|name| {
+            let mut options = options(&receiver.endpoint());
+            // Every sidecar serves Prometheus metrics on an admin port of its own.
+            options
+                .env
+                .push(("AGENTFLEET_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
+            env.start_sidecar(name, &jobs(), options)
+        })
         .collect();
     env.write_fleet(&sidecars.iter().collect::<Vec<_>>());
     env.write_file("plan.toml", PLAN);
@@ -177,6 +184,10 @@ fn one_trace_per_run_across_coordinator_and_sidecars() {
     assert!(tasks.iter().filter(|t| t.error).count() == 1);
     assert_eq!(executions.iter().filter(|e| e.error).count(), 1);
 
+    // Each sidecar's admin port serves the same metrics in the Prometheus text format.
+    let finished: usize = sidecars.iter().map(|s| admin_finished_count(s)).sum();
+    assert_eq!(finished, 3, "three executions finished across the fleet");
+
     // Metrics arrive from both services (pushed at least once, at exit for the coordinator).
     let metrics = wait_for_coordinator_metrics(&receiver);
     assert!(
@@ -223,4 +234,32 @@ fn a_collector_that_is_down_does_not_slow_or_break_a_run() {
         took < Duration::from_secs(15),
         "the run took {took:?}\n{out}"
     );
+}
+
+/// The sum of `agentfleet_sidecar_executions_finished_total` on a sidecar's `/metrics`,
+/// whose admin address it logged on start.
+fn admin_finished_count(sidecar: &agentfleet_e2e::Sidecar) -> usize {
+    use std::io::{Read, Write};
+    let addr = agentfleet_e2e::wait_until(Duration::from_secs(10), "the admin address", || {
+        let log = std::fs::read_to_string(sidecar.stderr_log()).ok()?;
+        let line = log.lines().find(|l| l.contains("admin server listening"))?;
+        let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+        addr.parse::<std::net::SocketAddr>().ok()
+    });
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the admin port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read /metrics");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("agentfleet_sidecar_executions_running"),
+        "{response}"
+    );
+    response
+        .lines()
+        .filter(|l| l.starts_with("agentfleet_sidecar_executions_finished_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as usize
 }
