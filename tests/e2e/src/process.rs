@@ -99,3 +99,91 @@ pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     let _ = child.kill();
     child.wait().ok()
 }
+
+/// Pids of live processes whose command line has an argument containing `needle` (e.g. a
+/// sidecar's state dir, which its per-execution supervisor processes are given).
+pub fn pids_with_arg(needle: &str) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| String::from_utf8_lossy(arg).contains(needle))
+            })
+        })
+        .filter(|pid| is_alive(*pid))
+        .collect()
+}
+
+/// `roots` and every process descending from them (by parent pid, read before any is killed).
+pub fn with_descendants(roots: &[u32]) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = all_pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, parent_of(pid)?)))
+        .collect();
+    let mut tree = roots.to_vec();
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        for (pid, ppid) in &parents {
+            if *ppid == parent && !tree.contains(pid) {
+                tree.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    tree
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": the command name may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_kills_a_tree_by_argument() {
+        let needle = format!("e2e-tree-{}", std::process::id());
+        let mut shell = Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait", &needle])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(shell.stdout.take().unwrap()),
+            &mut line,
+        )
+        .expect("the grandchild's pid");
+        let grandchild: u32 = line.trim().parse().expect("a pid");
+
+        let roots = pids_with_arg(&needle);
+        // A forked shell that has not exec'd `sleep` yet may match too.
+        assert!(roots.contains(&shell.id()), "{roots:?}");
+        let tree = with_descendants(&roots);
+        assert!(tree.contains(&grandchild), "{tree:?} lacks {grandchild}");
+        for pid in tree {
+            send_signal(pid, Signal::SIGKILL);
+        }
+        shell.wait().expect("reap sh");
+        crate::wait_until(Duration::from_secs(5), "the grandchild to die", || {
+            (!is_alive(grandchild)).then_some(())
+        });
+    }
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::binaries;
 use crate::files::{toml_list, toml_path, toml_str};
 use crate::pki::Pki;
-use crate::process;
+use crate::process::{self, send_signal};
 
 /// How long a sidecar may take to bind and say so.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -231,6 +231,15 @@ impl Drop for Sidecar {
             // A graceful stop (one SIGTERM: a second one means "exit at once") lets the
             // sidecar stop its jobs' process trees too.
             process::terminate(&mut child, SHUTDOWN_GRACE);
+        }
+        // Command executions run under supervisor processes that outlive the sidecar by
+        // design (`sidecar supervise --execution-dir STATE_DIR/...`); a test must not leave
+        // them, or their jobs, behind. The state dir is unique to this test.
+        if let Some(state_dir) = self.state_dir.to_str() {
+            let leftovers = process::with_descendants(&process::pids_with_arg(state_dir));
+            for pid in leftovers {
+                send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
         }
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.stderr_log).unwrap_or_default();
