@@ -21,7 +21,12 @@ pub struct Cli {
     pub home: Option<PathBuf>,
     /// OTLP/gRPC collector for traces and metrics (e.g. http://localhost:4317); off when
     /// unset. The standard OTEL_EXPORTER_OTLP_* variables work too.
-    #[arg(long, global = true, env = "AGENTFLEET_OTLP_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTFLEET_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
     pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
@@ -45,6 +50,10 @@ pub enum Command {
     Show(ShowArgs),
     /// The run's central log, in order; --follow tails a live run.
     Logs(LogsArgs),
+    /// Re-attach to a run that is still going (after --detach, Ctrl-C of a detached run, a closed laptop or a crash) and drive it to the end.
+    Attach(AttachArgs),
+    /// Stop a run: no new tasks, running jobs are stopped on their sidecars.
+    Cancel(CancelArgs),
     /// Private CA and certificates for mTLS (no openssl needed).
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -72,9 +81,38 @@ pub struct RunArgs {
     /// After this long unreachable, a sidecar's executions count as lost.
     #[arg(long, env = "AGENTFLEET_LOST_AFTER", default_value = "2m", value_parser = parse_duration)]
     pub lost_after: std::time::Duration,
+    /// Start the run, then let a background coordinator drive it (see `attach`, `logs --follow`, `cancel`).
+    #[arg(long)]
+    pub detach: bool,
     /// The global `--home`, filled in by `main`.
     #[arg(skip)]
     pub home: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Run id, a unique prefix of one, or `last`.
+    pub run: String,
+    /// One JSON object per event on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Print every log line of every job.
+    #[arg(long, env = "AGENTFLEET_SHOW_LOGS")]
+    pub show_logs: bool,
+    #[arg(long, env = "AGENTFLEET_LOST_AFTER", default_value = "2m", value_parser = parse_duration)]
+    pub lost_after: std::time::Duration,
+    /// Attach even though the store names a live process as the run's driver.
+    #[arg(long)]
+    pub force: bool,
+    /// Set by `run --detach` for the background process it starts.
+    #[arg(long, hide = true)]
+    pub detached_child: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Run id, a unique prefix of one, or `last`.
+    pub run: String,
 }
 
 #[derive(Debug, Args)]

@@ -15,9 +15,6 @@ use crate::plan::{self, Plan};
 use crate::report::{self, ReportOptions};
 use crate::store::{self, NewRun, Store, StoreError, StoreReporter};
 
-/// Capacity of the dispatcher → reporters channel (backpressure on the dispatcher).
-const REPORT_CHANNEL: usize = 4096;
-
 fn load_plan(path: &Path, fleet: &FleetArgs) -> Result<Plan, CliError> {
     plan::load_with_fleet(path, fleet.fleet.as_deref())
         .map_err(|e| CliError::bad_input(e.to_string()))
@@ -55,7 +52,7 @@ pub async fn take_stock(
 
 /// Checks that every task can be placed; exit 3 if it may be an unreachable sidecar's
 /// fault, else exit 2 (bad input). Nothing has started yet.
-fn check_placeable(
+pub fn check_placeable(
     plan: &Plan,
     dispatcher: &Dispatcher<'_>,
     infos: &BTreeMap<String, SidecarInfo>,
@@ -95,32 +92,41 @@ pub async fn run(args: RunArgs, interrupt: CancellationToken) -> Result<i32, Cli
     let plan = load_plan(&args.plan, &args.fleet)?;
     let (sidecars, infos) = take_stock(fleet_of(&plan)?).await?;
     let run_id = agentfleet_common::ids::new_run_id();
-    let (tx, rx) = mpsc::channel::<RunEvent>(REPORT_CHANNEL);
-    let options = RunOptions {
+    // Check everything before recording or starting anything.
+    let (tx, _rx) = mpsc::channel::<RunEvent>(1);
+    let probe = Dispatcher::new(
+        &plan,
+        run_id.clone(),
+        sidecars,
+        &infos,
+        tx,
+        RunOptions::default(),
+    );
+    check_placeable(&plan, &probe, &infos)?;
+    drop(probe);
+    let home = store::home_dir(args.home.as_deref()).map_err(crate::attach::store_error)?;
+    record_run(&args, &plan, &run_id, &home)?;
+    if args.detach {
+        return crate::attach::detach(&run_id, &home);
+    }
+    let options = crate::attach::DriveOptions {
+        json: args.json,
+        show_logs: args.show_logs,
         lost_after: args.lost_after,
+        home,
     };
-    let dispatcher = Dispatcher::new(&plan, run_id.clone(), sidecars, &infos, tx, options);
-    check_placeable(&plan, &dispatcher, &infos)?;
-    report::otel::set_plan(&plan);
-    let store = record_run(&args, &plan, &run_id)?;
-    let reporting = spawn_reporters_with(rx, args.json, args.show_logs, Some(store));
-    let result = dispatcher
-        .run(interrupt, CancellationToken::new(), BTreeMap::new())
-        .await;
-    let _ = reporting.await;
-    Ok(result.exit_code)
+    crate::attach::drive(&plan, &run_id, BTreeMap::new(), &options, interrupt).await
 }
 
 /// Records the new run in the central store (nothing has started yet, so a store that
 /// cannot be opened is bad input) and returns the reporter that saves its events.
-fn record_run(args: &RunArgs, plan: &Plan, run_id: &str) -> Result<StoreReporter, CliError> {
+fn record_run(args: &RunArgs, plan: &Plan, run_id: &str, home: &Path) -> Result<(), CliError> {
     let bad_store = |e: StoreError| {
         CliError::bad_input(format!(
             "{e} (the run store's directory is set by --home or AGENTFLEET_HOME)"
         ))
     };
-    let mut store = Store::open(&store::home_dir(args.home.as_deref()).map_err(bad_store)?)
-        .map_err(bad_store)?;
+    let mut store = Store::open(home).map_err(bad_store)?;
     // The plan as it is run, so a re-attach works even if the file changes meanwhile.
     let plan_text = std::fs::read_to_string(&plan.path).unwrap_or_default();
     store
@@ -141,8 +147,7 @@ fn record_run(args: &RunArgs, plan: &Plan, run_id: &str) -> Result<StoreReporter
                 .map(|t| (t.name.clone(), t.job.clone()))
                 .collect(),
         })
-        .map_err(bad_store)?;
-    store.reporter().map_err(bad_store)
+        .map_err(bad_store)
 }
 
 /// Runs the reporters on a blocking thread: they write to the terminal and stdout.

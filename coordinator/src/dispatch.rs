@@ -250,6 +250,10 @@ impl<'a> Dispatcher<'a> {
         let (tx, mut rx) = mpsc::channel(EXEC_CHANNEL);
         let run_deadline = self.plan.timeout.map(|t| tokio::time::Instant::now() + t);
         self.restore(prior, &tx).await;
+        if cancel.is_cancelled() {
+            // `coordinator cancel` of a run nobody drives: stop, start nothing.
+            self.stop_run(Stopping::Canceled, "run canceled").await;
+        }
 
         loop {
             let now = Instant::now();

@@ -1,6 +1,7 @@
 //! The agentfleet coordinator: runs a plan of jobs across a fleet of sidecars.
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod cli;
 pub mod commands;
 pub mod demo;

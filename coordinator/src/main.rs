@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use agentfleet_coordinator::cli::{Cli, Command, PkiCommand};
-use agentfleet_coordinator::{commands, demo, error::CliError, inspect, pki};
+use agentfleet_coordinator::{attach, commands, demo, error::CliError, inspect, pki};
 
 fn main() {
     let cli = Cli::parse();
@@ -44,6 +44,10 @@ fn start_telemetry(
     })
 }
 
+fn home_or_default(home: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    agentfleet_coordinator::store::home_dir(home.as_deref()).map_err(attach::store_error)
+}
+
 async fn dispatch(command: Command, home: Option<PathBuf>) -> Result<i32, CliError> {
     match command {
         Command::Run(mut args) => {
@@ -51,6 +55,11 @@ async fn dispatch(command: Command, home: Option<PathBuf>) -> Result<i32, CliErr
             commands::run(args, agentfleet_common::shutdown::install()).await
         }
         Command::Runs(args) => inspect::runs(home.as_deref(), args).await,
+        Command::Attach(args) => {
+            let home = home_or_default(home)?;
+            attach::attach(args, &home, agentfleet_common::shutdown::install()).await
+        }
+        Command::Cancel(args) => attach::cancel(args, &home_or_default(home)?).await,
         Command::Show(args) => inspect::show(home.as_deref(), args).await,
         Command::Logs(args) => inspect::logs(home.as_deref(), args).await,
         Command::Validate(args) => commands::validate(args).await,

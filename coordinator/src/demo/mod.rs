@@ -150,6 +150,7 @@ pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, Cl
             json: args.json,
             show_logs: false,
             lost_after: Duration::from_secs(30),
+            detach: false,
             home: args.home.clone(),
         },
         interrupt,
