@@ -65,8 +65,10 @@ pub async fn drive(
     })?;
     let (sidecars, infos) = take_stock(fleet).await?;
     let (tx, rx) = mpsc::channel::<RunEvent>(REPORT_CHANNEL);
+    let store = open_store(&options.home)?;
     let run_options = RunOptions {
         lost_after: options.lost_after,
+        past_durations: store.job_durations().unwrap_or_default(),
     };
     let dispatcher = Dispatcher::new(
         plan,
@@ -80,7 +82,6 @@ pub async fn drive(
         check_placeable(plan, &dispatcher, &infos)?;
     }
     crate::report::otel::set_plan(plan);
-    let store = open_store(&options.home)?;
     let reporter = store.reporter().map_err(store_error)?;
     let reporting = spawn_reporters_with(rx, options.json, options.show_logs, Some(reporter));
     let cancel = CancellationToken::new();

@@ -22,12 +22,16 @@ const EXEC_CHANNEL: usize = 1024;
 pub struct RunOptions {
     /// A sidecar unreachable this long has lost its executions.
     pub lost_after: Duration,
+    /// Median past durations per job from the central store; used where the sidecars
+    /// report no history of their own (e.g. command jobs after a sidecar restart).
+    pub past_durations: BTreeMap<String, u64>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
             lost_after: Duration::from_secs(120),
+            past_durations: BTreeMap::new(),
         }
     }
 }
@@ -145,7 +149,11 @@ impl<'a> Dispatcher<'a> {
             sidecars: sidecars.into_iter().map(|s| (s.name.clone(), s)).collect(),
             states,
             cooldown: BTreeMap::new(),
-            expected_ms: expected_durations(infos),
+            expected_ms: {
+                let mut expected = options.past_durations.clone();
+                expected.extend(expected_durations(infos));
+                expected
+            },
             declared: infos
                 .iter()
                 .flat_map(|(sidecar, info)| {

@@ -11,6 +11,7 @@
 //! Every process opens its own connections; several may use the file at once.
 mod apply;
 mod control;
+mod history;
 mod queries;
 mod reporter;
 mod schema;
