@@ -143,6 +143,8 @@ async fn stop_is_idempotent_and_watch_sees_everything() {
     let events: Vec<proto::Event> = stream.map(|e| e.unwrap()).collect().await;
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4], "Accepted, Started, Logs, Finished");
+    // A watcher may read Finished from the file a moment before the writer publishes it.
+    wait_finished(&reg, "w1").await;
     let finished = reg.stop("w1", "after the end").await.unwrap();
     assert_eq!(finished.outcome, Outcome::Canceled as i32);
     assert_eq!(finished.last_seq, 4);
@@ -180,6 +182,8 @@ async fn restart_reports_running_executions_lost_and_ack_prunes() {
 
     assert_eq!(reg.ack(&["r1".into(), "unknown".into()]).await.unwrap(), 1);
     assert!(reg.get("r1").is_none());
+    // r2 was closed as LOST just now: let the clock pass its Finished time.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(reg.prune(Duration::ZERO).await.unwrap(), 1);
     assert!(reg.list(false).is_empty());
 }

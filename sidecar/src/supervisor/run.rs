@@ -63,13 +63,13 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
 
     let journal = Journal::at(root)?;
     let record = journal.record(&id)?;
-    let job = read_job(&dir.join(JOB_FILE))?;
     // Under the lock nobody else writes the journal: reopen it (cutting a torn tail).
     let (file, progress) = journal.reopen(&id)?;
     if progress.started || progress.finished.is_some() {
-        tracing::warn!(execution_id = %id, "the journal shows this execution already started; not running it again");
+        tracing::warn!(execution_id = %id, "the journal shows this execution already started or ended; not running it");
         return Ok(Done::AlreadyRan);
     }
+    let job = read_job(&dir.join(JOB_FILE))?;
 
     let (sink, rx) = EventSink::channel(&id);
     let (progress_tx, _) = watch::channel(progress);

@@ -1,0 +1,237 @@
+//! Command jobs under supervisor processes (the real `sidecar supervise` binary), driven
+//! through the execution registry in this process: the job survives a crash of the
+//! registry, a new registry on the same state_dir re-attaches, stops and counts it.
+#![cfg(unix)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentfleet_common::proto::{self, Outcome, event::Kind};
+use agentfleet_sidecar::backend::Backend;
+use agentfleet_sidecar::backend::command::{CommandBackend, JobConfig};
+use agentfleet_sidecar::executions::{Registry, Settings};
+use agentfleet_sidecar::journal::{ExecutionRecord, Journal};
+use agentfleet_sidecar::supervisor::SupervisorCommand;
+use futures::StreamExt;
+
+/// Upper bound for any one wait, so a bug fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(30);
+const LINES: u32 = 20;
+
+/// `count`: prints LINES numbered lines over ~2 s and appends one line per run to `runs`.
+/// `sleepy`: runs until stopped.
+fn jobs(dir: &Path) -> Vec<JobConfig> {
+    let runs = dir.join("runs");
+    let toml = format!(
+        r#"
+[[job]]
+name = "count"
+[[job.step]]
+name = "count"
+run = ["sh", "-c", "echo run >> '{runs}'; i=1; while [ $i -le {LINES} ]; do echo line-$i; i=$((i+1)); sleep 0.1; done"]
+
+[[job]]
+name = "sleepy"
+[[job.step]]
+name = "sleep"
+run = ["sleep", "600"]
+
+[[job]]
+name = "quick"
+[[job.step]]
+name = "say"
+run = ["sh", "-c", "echo hello; echo oops >&2"]
+"#,
+        runs = runs.display()
+    );
+    #[derive(serde::Deserialize)]
+    struct File {
+        job: Vec<JobConfig>,
+    }
+    toml::from_str::<File>(&toml).unwrap().job
+}
+
+async fn open(state: &Path, slots: u32) -> Registry {
+    let backend: Arc<dyn Backend> = Arc::new(CommandBackend::new(
+        jobs(state.parent().unwrap()),
+        Duration::from_millis(500),
+    ));
+    let settings = Settings {
+        name: "test".into(),
+        slots,
+        state_dir: state.to_owned(),
+        supervisor: SupervisorCommand::of(env!("CARGO_BIN_EXE_sidecar")),
+    };
+    Registry::open_with(settings, vec![backend]).await.unwrap()
+}
+
+fn req(id: &str, job: &str) -> proto::StartJobRequest {
+    proto::StartJobRequest {
+        execution_id: id.into(),
+        job: job.into(),
+        ..Default::default()
+    }
+}
+
+async fn watch_all(reg: &Registry, id: &str) -> Vec<proto::Event> {
+    let stream = reg.watch(id, 0).unwrap();
+    tokio::time::timeout(PATIENCE, stream.map(|e| e.unwrap()).collect())
+        .await
+        .expect("the execution ends")
+}
+
+fn lines(events: &[proto::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Logs(l)) => Some(l.lines.iter().map(|l| l.line.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_command_job_runs_in_its_supervisor() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let reg = open(&state, 2).await;
+    let (execution, created) = reg.start(req("q1", "quick")).await.unwrap();
+    assert!(created);
+    assert!(execution.state >= proto::ExecutionState::Running as i32);
+    let events = watch_all(&reg, "q1").await;
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let got = lines(&events);
+    assert!(got.contains(&"hello".to_owned()) && got.contains(&"oops".to_owned()));
+    let Some(Kind::Finished(f)) = &events.last().unwrap().kind else {
+        panic!("ends with Finished: {events:?}")
+    };
+    assert_eq!(f.outcome, Outcome::Succeeded as i32, "{events:?}");
+    assert!(state.join("executions/q1/supervisor.log").is_file());
+}
+
+#[test]
+fn the_job_survives_a_crash_of_the_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // The "crash": the registry's runtime goes away with every task in it (writers,
+    // followers), while the supervisor process goes on.
+    let first = runtime();
+    first.block_on(async {
+        let reg = open(&state, 1).await;
+        reg.start(req("c1", "count")).await.unwrap();
+        let mut progress = Box::pin(reg.watch("c1", 0).unwrap());
+        // Wait for a few lines, so the crash happens mid-job.
+        let mut seen = 0;
+        while let Some(e) = progress.next().await {
+            seen += lines(std::slice::from_ref(&e.unwrap())).len();
+            if seen >= 3 {
+                break;
+            }
+        }
+    });
+    first.shutdown_background();
+
+    let second = runtime();
+    second.block_on(async {
+        let reg = open(&state, 1).await;
+        let d = reg.describe();
+        assert_eq!(d.running, 1, "re-attached and counted: {d:?}");
+        let events = watch_all(&reg, "c1").await;
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        let expected: Vec<String> = (1..=LINES).map(|i| format!("line-{i}")).collect();
+        assert_eq!(lines(&events), expected, "every line exactly once");
+        let e = reg.get("c1").unwrap();
+        assert_eq!(e.outcome, Outcome::Succeeded as i32, "{e:?}");
+        assert_eq!(reg.describe().running, 0);
+    });
+    let runs = std::fs::read_to_string(dir.path().join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the job ran once");
+}
+
+#[test]
+fn a_reattached_execution_holds_its_slot_and_stops_through_the_stop_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let first = runtime();
+    first.block_on(async {
+        let reg = open(&state, 1).await;
+        reg.start(req("s1", "sleepy")).await.unwrap();
+    });
+    first.shutdown_background();
+
+    runtime().block_on(async {
+        let reg = open(&state, 1).await;
+        assert_eq!(reg.describe().running_jobs, vec!["sleepy"]);
+        let busy = tonic::Status::from(reg.start(req("s2", "quick")).await.unwrap_err());
+        assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
+        let same = tonic::Status::from(reg.start(req("s3", "sleepy")).await.unwrap_err());
+        assert!(
+            matches!(
+                same.code(),
+                tonic::Code::Aborted | tonic::Code::ResourceExhausted
+            ),
+            "{same:?}"
+        );
+        // A repeated StartJob with the same id returns the running execution.
+        let (again, created) = reg.start(req("s1", "sleepy")).await.unwrap();
+        assert!(!created);
+        assert_eq!(again.state, proto::ExecutionState::Running as i32);
+
+        reg.stop("s1", "test").await.unwrap();
+        assert!(state.join("executions/s1/stop").is_file());
+        let events = watch_all(&reg, "s1").await;
+        let Some(Kind::Finished(f)) = &events.last().unwrap().kind else {
+            panic!("ends with Finished: {events:?}")
+        };
+        assert_eq!(f.outcome, Outcome::Canceled as i32, "{events:?}");
+        assert_eq!(reg.describe().running, 0);
+    });
+}
+
+#[tokio::test]
+async fn no_supervisor_and_no_started_is_lost_and_never_started_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // What a sidecar killed between writing the record and spawning the supervisor leaves.
+    let journal = Journal::open(&state).unwrap();
+    let record = ExecutionRecord {
+        execution_id: "l1".into(),
+        job: "count".into(),
+        backend: "command".into(),
+        run_id: String::new(),
+        task: String::new(),
+        attempt: 1,
+        params: Default::default(),
+        accepted_at_ms: 1,
+        supervised: true,
+    };
+    journal.create(&record).unwrap();
+
+    let reg = open(&state, 1).await;
+    let e = reg.get("l1").unwrap();
+    assert_eq!(e.outcome, Outcome::Lost as i32, "{e:?}");
+    assert!(e.message.contains("it was not started"), "{e:?}");
+    // A supervisor started now (late) finds Finished and does not run the job.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sidecar"))
+        .arg("supervise")
+        .arg("--execution-dir")
+        .arg(journal.dir("l1"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!dir.path().join("runs").exists(), "the job never ran");
+    let (again, created) = reg.start(req("l1", "count")).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.outcome, Outcome::Lost as i32);
+}
