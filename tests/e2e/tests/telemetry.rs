@@ -185,7 +185,7 @@ fn one_trace_per_run_across_coordinator_and_sidecars() {
     assert_eq!(executions.iter().filter(|e| e.error).count(), 1);
 
     // Each sidecar's admin port serves the same metrics in the Prometheus text format.
-    let finished: usize = sidecars.iter().map(|s| admin_finished_count(s)).sum();
+    let finished: usize = sidecars.iter().map(admin_finished_count).sum();
     assert_eq!(finished, 3, "three executions finished across the fleet");
 
     // Metrics arrive from both services (pushed at least once, at exit for the coordinator).
