@@ -15,8 +15,7 @@ fn collect(events: &[RunEvent]) -> Vec<opentelemetry_sdk::trace::SpanData> {
     }));
     events.iter().for_each(|e| reporter.event(e));
     reporter.finish();
-    let out = spans.lock().unwrap().clone();
-    out
+    spans.lock().unwrap().clone()
 }
 
 fn attr(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
