@@ -57,6 +57,9 @@ pub enum Command {
     /// Private CA and certificates for mTLS (no openssl needed).
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Internal: the supervisor of one command job of the demo's in-process sidecars.
+    #[command(hide = true)]
+    Supervise(agentfleet_sidecar::supervisor::SuperviseArgs),
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,10 @@ use agentfleet_coordinator::{attach, commands, demo, error::CliError, inspect, p
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Supervise(args) = &cli.command {
+        // The demo's sidecars start their command jobs' supervisors as this binary.
+        std::process::exit(i32::from(agentfleet_sidecar::supervisor::main(args)));
+    }
     agentfleet_common::tls::install_crypto_provider();
     agentfleet_common::telemetry::init(&cli.log, agentfleet_common::telemetry::LogFormat::Plain);
     let telemetry = start_telemetry(cli.otlp_endpoint.as_deref());
@@ -69,6 +73,7 @@ async fn dispatch(command: Command, home: Option<PathBuf>) -> Result<i32, CliErr
             args.home = home;
             demo::run(args, agentfleet_common::shutdown::install()).await
         }
+        Command::Supervise(_) => unreachable!("handled before the runtime starts"),
         Command::Pki(PkiCommand::Init { dir }) => {
             let paths = pki::init(&dir).map_err(|e| CliError::bad_input(e.to_string()))?;
             eprintln!(

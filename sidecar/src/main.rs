@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Supervise(args) = &cli.command {
         // Its own runtime and log (the execution's supervisor.log); see `supervisor`.
-        return supervisor::main(args);
+        return ExitCode::from(supervisor::main(args));
     }
     agentfleet_common::tls::install_crypto_provider();
     let flags = match &cli.command {

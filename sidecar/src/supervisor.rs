@@ -53,7 +53,6 @@
 //! caught and ignored.
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 mod lock;
 mod run;
@@ -108,23 +107,23 @@ pub struct SuperviseArgs {
 /// one execution to its end. Call it from `main`, outside any async runtime. Exit code 0
 /// when the execution finished (or another supervisor owns it, or it had already run),
 /// 1 when the supervisor could not do its work (see `supervisor.log`).
-pub fn main(args: &SuperviseArgs) -> ExitCode {
+pub fn main(args: &SuperviseArgs) -> u8 {
     agentfleet_common::telemetry::init("info", agentfleet_common::telemetry::LogFormat::Plain);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("supervisor: failed to start the async runtime: {e}");
-            return ExitCode::from(1);
+            return 1;
         }
     };
     match runtime.block_on(run::supervise(&args.execution_dir)) {
         Ok(done) => {
             tracing::info!(execution_dir = %args.execution_dir.display(), ?done, "supervisor done");
-            ExitCode::SUCCESS
+            0
         }
         Err(e) => {
             tracing::error!(execution_dir = %args.execution_dir.display(), error = %e, "supervisor failed");
-            ExitCode::from(1)
+            1
         }
     }
 }
