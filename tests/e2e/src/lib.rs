@@ -24,6 +24,7 @@ pub mod binaries;
 pub mod coordinator;
 pub mod env;
 pub mod events;
+pub mod faults;
 pub mod files;
 pub mod grpc;
 pub mod otlp;
