@@ -17,6 +17,44 @@ pub mod proto {
     /// Encoded FileDescriptorSet, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/sidecar_v1_descriptor.bin"));
+
+    /// The short lower-case names people, logs, spans and the store use.
+    impl StepStatus {
+        pub fn name(self) -> &'static str {
+            match self {
+                Self::Succeeded => "succeeded",
+                Self::Failed => "failed",
+                Self::Retry => "retry",
+                Self::Canceled => "canceled",
+                Self::TimedOut => "timed_out",
+                Self::Unspecified => "unknown",
+            }
+        }
+    }
+
+    impl Outcome {
+        pub fn name(self) -> &'static str {
+            match self {
+                Self::Succeeded => "succeeded",
+                Self::Failed => "failed",
+                Self::Canceled => "canceled",
+                Self::TimedOut => "timed_out",
+                Self::Lost => "lost",
+                Self::Unspecified => "unknown",
+            }
+        }
+    }
+
+    impl LogStream {
+        pub fn name(self) -> &'static str {
+            match self {
+                Self::Stdout => "stdout",
+                Self::Stderr => "stderr",
+                Self::Agent => "agent",
+                Self::Unspecified => "log",
+            }
+        }
+    }
 }
 
 /// Version string both binaries report.

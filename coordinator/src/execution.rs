@@ -322,7 +322,7 @@ impl Watcher<'_> {
             },
             Kind::StepFinished(s) => RunEventKind::StepFinished {
                 at: at(),
-                status: step_status(s.status()),
+                status: s.status().name(),
                 step: s.step_id,
                 step_name: s.step_name,
                 step_attempt: s.attempt,
@@ -331,7 +331,7 @@ impl Watcher<'_> {
             },
             Kind::Logs(logs) => {
                 for line in logs.lines {
-                    let stream = log_stream(line.stream());
+                    let stream = line.stream().name();
                     self.send(RunEventKind::Log {
                         at: at(),
                         step: line.step_id,
@@ -356,26 +356,6 @@ impl Watcher<'_> {
                 kind,
             })
             .await;
-    }
-}
-
-pub fn step_status(s: proto::StepStatus) -> &'static str {
-    match s {
-        proto::StepStatus::Succeeded => "succeeded",
-        proto::StepStatus::Failed => "failed",
-        proto::StepStatus::Retry => "retry",
-        proto::StepStatus::Canceled => "canceled",
-        proto::StepStatus::TimedOut => "timed_out",
-        proto::StepStatus::Unspecified => "unknown",
-    }
-}
-
-fn log_stream(s: proto::LogStream) -> &'static str {
-    match s {
-        proto::LogStream::Stdout => "stdout",
-        proto::LogStream::Stderr => "stderr",
-        proto::LogStream::Agent => "agent",
-        proto::LogStream::Unspecified => "log",
     }
 }
 

@@ -294,7 +294,7 @@ impl ExecutionSpans {
                 Vec::new()
             }
             Some(Kind::StepFinished(s)) => {
-                let status = step_status(s.status());
+                let status = proto::StepStatus::name(s.status());
                 // The step's own clock first; then its StepStarted; then back from the end.
                 let start = if s.started_at_ms > 0 {
                     s.started_at_ms
@@ -343,7 +343,7 @@ impl ExecutionSpans {
                 vec![span]
             }
             Some(Kind::Finished(f)) => {
-                let outcome = outcome_name(f.outcome());
+                let outcome = proto::Outcome::name(f.outcome());
                 if let Some(m) = metrics {
                     let labels = self.labels(Some((names::OUTCOME, outcome)));
                     m.finished.add(1, &labels);
@@ -388,28 +388,6 @@ impl ExecutionSpans {
         } else {
             span.error(format!("execution {outcome}: {message}"))
         }
-    }
-}
-
-fn step_status(s: proto::StepStatus) -> &'static str {
-    match s {
-        proto::StepStatus::Succeeded => "succeeded",
-        proto::StepStatus::Failed => "failed",
-        proto::StepStatus::Retry => "retry",
-        proto::StepStatus::Canceled => "canceled",
-        proto::StepStatus::TimedOut => "timed_out",
-        proto::StepStatus::Unspecified => "unknown",
-    }
-}
-
-fn outcome_name(o: proto::Outcome) -> &'static str {
-    match o {
-        proto::Outcome::Succeeded => "succeeded",
-        proto::Outcome::Failed => "failed",
-        proto::Outcome::Canceled => "canceled",
-        proto::Outcome::TimedOut => "timed_out",
-        proto::Outcome::Lost => "lost",
-        proto::Outcome::Unspecified => "unknown",
     }
 }
 
