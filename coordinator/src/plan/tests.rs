@@ -160,7 +160,9 @@ job = "J"
         e[2]
     );
     assert!(
-        e[3].starts_with("plan.toml:9: task \"a\" key `name`: the task at line 5 has this name already"),
+        e[3].starts_with(
+            "plan.toml:9: task \"a\" key `name`: the task at line 5 has this name already"
+        ),
         "{}",
         e[3]
     );
