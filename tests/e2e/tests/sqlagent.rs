@@ -382,3 +382,29 @@ fn sidecar_check_reports_the_sql_server_and_the_agent() {
         "{text}"
     );
 }
+
+/// `coordinator demo` runs its stand-in-backed SQL Server Agent jobs next to the command jobs
+/// (the tour's only failure is the optional `refresh-cube`, so it exits 0).
+#[test]
+fn the_demo_runs_agent_jobs_next_to_command_jobs() {
+    let env = TestEnv::new("sqlagent-demo");
+    let out = env.coordinator(["demo", "--json"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(
+        out.stderr
+            .contains("SQL Server Agent stand-in (a test double, not SQL Server)"),
+        "the stand-in is labelled as such: {out}"
+    );
+    let events = out.events();
+    for task in ["sales-mart", "rebuild-indexes"] {
+        let last = events.final_task_finished(task);
+        assert_eq!(last["status"], "succeeded", "{out}");
+        assert_eq!(last["sidecar"], "demo-sql", "{out}");
+    }
+    let retried: Vec<String> = steps_finished(&events, "sales-mart")
+        .into_iter()
+        .filter(|(name, _)| name == "load sales mart")
+        .map(|(_, status)| status)
+        .collect();
+    assert_eq!(retried, ["retry", "succeeded"], "{out}");
+}
