@@ -13,7 +13,12 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     /// Log filter for diagnostics on stderr (e.g. "info", "agentfleet_coordinator=debug").
-    #[arg(long, global = true, env = "AGENTFLEET_LOG", default_value = "warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTFLEET_LOG",
+        default_value = "warn,tiberius=error"
+    )]
     pub log: String,
     /// Data directory holding the central run store (`agentfleet.db`); default: the
     /// platform's data directory for agentfleet.

@@ -164,16 +164,20 @@ pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, Cl
     // Only now, with its sidecar gone, stop the simulated Agent.
     drop(agent);
     let code = result?;
-    let keep = if args.dir.is_some() {
-        format!(
-            "\nThe demo's files stay in {0}. Look further:\n  coordinator sidecars --fleet {1}\n  coordinator jobs demo-a --fleet {1}\n  coordinator jobs demo-sql --fleet {1}\n  coordinator validate {2} --fleet {1}\n",
+    // The run is in the central store: these work after the demo's sidecars are gone.
+    let mut keep = String::from(
+        "\nThe run is kept in the central store. Look further:\n  coordinator runs\n  coordinator show last\n  coordinator logs last --task load-facts\n",
+    );
+    if args.dir.is_some() {
+        keep.push_str(&format!(
+            "The demo's certificates, configs and plan stay in {0}:\n  coordinator validate {1} --fleet {2}\n  sidecar serve --config {0}/demo-a/sidecar.toml   (then `coordinator jobs demo-a --fleet ...` against it)\n",
             dir.display(),
-            fleet_path.display(),
-            plan_path.display()
-        )
+            plan_path.display(),
+            fleet_path.display()
+        ));
     } else {
-        "\nRun `coordinator demo --dir ./agentfleet-demo` to keep the certificates, configs and plan and look further (`coordinator sidecars`, `coordinator jobs`).\n".to_owned()
-    };
+        keep.push_str("Run `coordinator demo --dir ./agentfleet-demo` to keep its certificates, configs and plan.\n");
+    }
     eprintln!("{keep}");
     Ok(code)
 }
