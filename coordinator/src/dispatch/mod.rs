@@ -13,6 +13,13 @@ use crate::fleet::{Sidecar, SidecarInfo};
 use crate::plan::Plan;
 use crate::schedule::{self, ReadyTask, SidecarState};
 
+mod fleet_view;
+mod outcomes;
+mod resume;
+
+use fleet_view::{expected_durations, sidecar_state};
+pub use resume::{PriorExecution, PriorTask};
+
 /// How long a sidecar that refused a start (busy, unreachable) is passed over.
 const REFUSAL_COOLDOWN: Duration = Duration::from_secs(2);
 /// Capacity of the executor → dispatcher channel (backpressure on executors).
@@ -34,28 +41,6 @@ impl Default for RunOptions {
             past_durations: BTreeMap::new(),
         }
     }
-}
-
-/// What an earlier coordinator of the same run recorded about a task (from the store).
-#[derive(Debug, Clone, Default)]
-pub struct PriorTask {
-    /// Final outcome, if the task had finished.
-    pub outcome: Option<TaskOutcome>,
-    pub attempts: u32,
-    pub sidecar: Option<String>,
-    pub duration: Duration,
-    pub message: String,
-    /// The execution that was running, to re-attach to.
-    pub running: Option<PriorExecution>,
-}
-
-#[derive(Debug, Clone)]
-pub struct PriorExecution {
-    pub execution_id: String,
-    pub attempt: u32,
-    pub sidecar: String,
-    /// Last sidecar sequence number stored: resume watching after it.
-    pub last_seq: u64,
 }
 
 /// How the run ended.
@@ -174,69 +159,6 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
-    /// Tasks whose job no reachable eligible sidecar offers, with the reason. Checked
-    /// before anything starts.
-    pub fn unplaceable(&self) -> Vec<(String, String)> {
-        self.plan
-            .tasks
-            .iter()
-            .filter_map(|t| {
-                schedule::unplaceable_reason(&self.ready_task(t.index), &self.states)
-                    .or_else(|| self.param_problem(t.index))
-                    .map(|why| (t.name.clone(), why))
-            })
-            .collect()
-    }
-
-    /// Parameters the task sets itself (not plan defaults) that a sidecar offering its job
-    /// does not declare. Nothing over the wire becomes a command line, and SQL Server Agent
-    /// jobs take no parameters at all (sp_start_job has none).
-    fn param_problem(&self, index: usize) -> Option<String> {
-        let task = &self.plan.tasks[index];
-        let own: Vec<&String> = task
-            .params
-            .iter()
-            .filter(|(k, v)| self.plan.params.get(*k) != Some(*v))
-            .map(|(k, _)| k)
-            .collect();
-        if own.is_empty() {
-            return None;
-        }
-        for ((sidecar, job), (backend, declared)) in &self.declared {
-            if job != &task.job || !(task.on.is_empty() || task.on.contains(sidecar)) {
-                continue;
-            }
-            if backend == "sqlagent" {
-                return Some(format!(
-                    "job `{job}` on `{sidecar}` is a SQL Server Agent job, which takes no parameters (sp_start_job has none); remove `params` from this task"
-                ));
-            }
-            if let Some(p) = own.iter().find(|p| !declared.contains(p)) {
-                return Some(format!(
-                    "parameter `{p}` is not declared by job `{job}` on `{sidecar}` (it declares: {}); declare it with `params = [...]` in the sidecar's [[job]]",
-                    if declared.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        declared.join(", ")
-                    }
-                ));
-            }
-        }
-        None
-    }
-
-    /// The task's parameters the job on `sidecar` declares (plan defaults it does not
-    /// declare are not sent).
-    fn params_for(&self, index: usize, sidecar: &str) -> BTreeMap<String, String> {
-        let task = &self.plan.tasks[index];
-        let declared = self.declared.get(&(sidecar.to_owned(), task.job.clone()));
-        task.params
-            .iter()
-            .filter(|(k, _)| declared.is_some_and(|(_, d)| d.contains(k)))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
     /// Runs the plan to its end. `interrupt` is the user's Ctrl-C (stop what we started,
     /// exit 130); `cancel` is `coordinator cancel RUN` (stop, exit 1). `prior` is what an
     /// earlier coordinator of this run already did (empty for a new run): finished tasks
@@ -342,55 +264,6 @@ impl<'a> Dispatcher<'a> {
             .collect();
         for placement in schedule::place(&ready, &states, free_parallel) {
             self.launch(placement.task, &placement.sidecar, tx).await;
-        }
-    }
-
-    /// Applies what an earlier coordinator of this run did.
-    async fn restore(&mut self, prior: BTreeMap<String, PriorTask>, tx: &mpsc::Sender<ExecMsg>) {
-        if prior.is_empty() {
-            return;
-        }
-        for (index, task) in self.plan.tasks.iter().enumerate() {
-            let Some(p) = prior.get(&task.name) else {
-                continue;
-            };
-            let run = &mut self.tasks[index];
-            run.attempts = p.attempts;
-            run.sidecar = p.sidecar.clone();
-            run.duration = p.duration;
-            run.message = p.message.clone();
-            if let Some(outcome) = p.outcome {
-                run.state = State::Done(outcome);
-            }
-        }
-        // Dependencies: count only those not yet succeeded.
-        for index in 0..self.tasks.len() {
-            if matches!(self.tasks[index].state, State::Done(_)) {
-                continue;
-            }
-            let remaining = self.plan.tasks[index]
-                .after
-                .iter()
-                .filter(|&&d| self.tasks[d].state != State::Done(TaskOutcome::Succeeded))
-                .count();
-            let run = &mut self.tasks[index];
-            run.remaining_deps = remaining;
-            run.state = if remaining == 0 {
-                State::Ready
-            } else {
-                State::Waiting
-            };
-        }
-        for (index, task) in self.plan.tasks.iter().enumerate() {
-            let Some(exec) = prior.get(&task.name).and_then(|p| p.running.clone()) else {
-                continue;
-            };
-            if self.tasks[index].state == State::Ready && self.sidecars.contains_key(&exec.sidecar)
-            {
-                self.tasks[index].attempts = exec.attempt.saturating_sub(1);
-                let sidecar = exec.sidecar.clone();
-                self.launch_execution(index, &sidecar, Some(exec), tx).await;
-            }
         }
     }
 
@@ -536,132 +409,6 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
-    /// Marks a task done (its TaskFinished already emitted), then releases its
-    /// dependants, or skips everything downstream of it.
-    async fn settle(&mut self, index: usize, outcome: TaskOutcome, message: String) {
-        let run = &mut self.tasks[index];
-        run.state = State::Done(outcome);
-        run.message = message;
-        if outcome == TaskOutcome::Succeeded {
-            for &d in self.plan.dependants(index) {
-                let dep = &mut self.tasks[d];
-                dep.remaining_deps -= 1;
-                if dep.remaining_deps == 0 && dep.state == State::Waiting {
-                    dep.state = State::Ready;
-                }
-            }
-            return;
-        }
-        // Skip everything downstream, breadth first, naming the task that failed.
-        let name = self.plan.tasks[index].name.clone();
-        let why = format!("`{name}` {}", outcome.as_str());
-        let mut queue: std::collections::VecDeque<usize> =
-            self.plan.dependants(index).iter().copied().collect();
-        while let Some(d) = queue.pop_front() {
-            if matches!(self.tasks[d].state, State::Done(_) | State::Running { .. }) {
-                continue;
-            }
-            self.finish_unstarted(d, TaskOutcome::Skipped, why.clone())
-                .await;
-            queue.extend(self.plan.dependants(d).iter().copied());
-        }
-        if self.plan.fail_fast && self.stopping == Stopping::No && outcome != TaskOutcome::Canceled
-        {
-            self.stop_run(
-                Stopping::FailFast,
-                &format!("fail_fast: `{name}` {}", outcome.as_str()),
-            )
-            .await;
-        }
-    }
-
-    /// Ends a task that is not running (skipped, canceled) without touching dependants.
-    async fn finish_unstarted(&mut self, index: usize, outcome: TaskOutcome, message: String) {
-        let task = &self.plan.tasks[index];
-        let run = &mut self.tasks[index];
-        run.state = State::Done(outcome);
-        run.message = message.clone();
-        let event = RunEventKind::TaskFinished {
-            task: task.name.clone(),
-            attempt: run.attempts,
-            sidecar: run.sidecar.clone(),
-            execution_id: None,
-            status: outcome,
-            message,
-            duration_ms: 0,
-            will_retry: false,
-        };
-        self.emit(event).await;
-    }
-
-    /// Fails a task that can never be placed, and skips what depends on it.
-    async fn complete(&mut self, index: usize, outcome: TaskOutcome, message: String) {
-        self.finish_unstarted(index, outcome, message.clone()).await;
-        self.settle(index, outcome, message).await;
-    }
-
-    /// Stops starting tasks, stops running executions on their sidecars, and ends every
-    /// task that has not started.
-    async fn stop_run(&mut self, why: Stopping, message: &str) {
-        self.stopping = why;
-        self.stop_all.cancel();
-        for i in 0..self.tasks.len() {
-            if matches!(self.tasks[i].state, State::Waiting | State::Ready) {
-                let outcome = if why == Stopping::FailFast {
-                    TaskOutcome::Skipped
-                } else {
-                    TaskOutcome::Canceled
-                };
-                self.finish_unstarted(i, outcome, format!("not started: {message}"))
-                    .await;
-            }
-        }
-    }
-
-    async fn finish(self, started: Instant) -> RunResult {
-        let summary: Vec<TaskSummary> = self
-            .plan
-            .tasks
-            .iter()
-            .zip(&self.tasks)
-            .map(|(task, run)| TaskSummary {
-                task: task.name.clone(),
-                sidecar: run.sidecar.clone(),
-                attempts: run.attempts,
-                duration_ms: run.duration.as_millis() as u64,
-                status: match run.state {
-                    State::Done(o) => o,
-                    _ => TaskOutcome::Canceled,
-                },
-                message: run.message.clone(),
-            })
-            .collect();
-        // Optional tasks may fail (or be skipped) without failing the run.
-        let all_ok = summary.iter().zip(&self.plan.tasks).all(|(s, t)| {
-            s.status == TaskOutcome::Succeeded
-                || (t.optional
-                    && matches!(
-                        s.status,
-                        TaskOutcome::Failed | TaskOutcome::Skipped | TaskOutcome::TimedOut
-                    ))
-        });
-        let (status, exit_code) = match self.stopping {
-            Stopping::Interrupted => ("interrupted", 130),
-            Stopping::Canceled => ("canceled", 1),
-            _ if all_ok => ("succeeded", 0),
-            Stopping::RunTimeout => ("timed_out", 1),
-            _ => ("failed", 1),
-        };
-        self.emit(RunEventKind::RunFinished {
-            status,
-            exit_code,
-            duration_ms: started.elapsed().as_millis() as u64,
-            summary: summary.clone(),
-        })
-        .await;
-        RunResult { exit_code, summary }
-    }
-
     async fn emit(&self, kind: RunEventKind) {
         let event = RunEvent::new(&self.run_id, agentfleet_common::now_ms(), kind);
         let _ = self.events.send(event).await;
@@ -673,29 +420,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-fn sidecar_state(name: &str, info: Option<&SidecarInfo>) -> SidecarState {
-    let describe = info.and_then(|i| i.describe.clone()).unwrap_or_default();
-    SidecarState {
-        name: name.to_owned(),
-        offers: info.map(SidecarInfo::offers).unwrap_or_default(),
-        slots: describe.slots as usize,
-        running: describe.running as usize,
-        running_jobs: describe.running_jobs.into_iter().collect(),
-        reachable: info.is_some_and(|i| i.reachable),
-    }
-}
-
-/// Expected duration per job: the largest median any sidecar reports (pessimistic, so
-/// long jobs start early).
-fn expected_durations(infos: &BTreeMap<String, SidecarInfo>) -> BTreeMap<String, u64> {
-    let mut out: BTreeMap<String, u64> = BTreeMap::new();
-    for job in infos.values().flat_map(|i| &i.jobs) {
-        if let Some(stats) = job.stats.as_ref().filter(|s| s.count > 0) {
-            let e = out.entry(job.name.clone()).or_default();
-            *e = (*e).max(stats.median_ms);
-        }
-    }
-    out
 }
