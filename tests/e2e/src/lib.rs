@@ -20,6 +20,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod background;
 pub mod binaries;
 pub mod coordinator;
 pub mod env;
@@ -27,9 +28,11 @@ pub mod events;
 pub mod faults;
 pub mod files;
 pub mod grpc;
+pub mod log_volume;
 pub mod otlp;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod sidecar;
 pub mod standin;
 pub mod wait;
