@@ -24,15 +24,15 @@ enum Command {
     Serve(ConfigArgs),
     /// Validate the config and test TLS files, the state directory, the jobs' programs and the SQL Server connection.
     Check(ConfigArgs),
-    /// Register as a systemd unit started at boot (Linux).
+    /// Register as a service started at boot: a systemd unit on Linux, a Windows service on Windows.
     Install {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Print the unit instead of installing it.
+        /// Print what would be registered instead of registering it.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Remove the systemd unit.
+    /// Stop and remove the service (systemd unit or Windows service).
     Uninstall {
         /// Print what would be done.
         #[arg(long)]
@@ -41,6 +41,15 @@ enum Command {
     /// Internal: the supervisor of one command-job execution, started by `serve`.
     #[command(hide = true)]
     Supervise(supervisor::SuperviseArgs),
+    /// Internal: `serve` under the Windows service control manager (what `install` registers).
+    #[command(name = "service-run", hide = true)]
+    ServiceRun {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Write the log here instead of stderr (a service has none).
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -81,9 +90,20 @@ fn main() -> ExitCode {
         return ExitCode::from(supervisor::main(args));
     }
     agentfleet_common::tls::install_crypto_provider();
+    if let Command::ServiceRun { config, log_file } = &cli.command {
+        // Its own log (a file) and runtime, on the service control manager's thread.
+        return ExitCode::from(service::run_as_windows_service(
+            service::windows_spec::Launch {
+                flags: config.flags(),
+                log_file: log_file.clone(),
+            },
+        ));
+    }
     let flags = match &cli.command {
         Command::Serve(a) | Command::Check(a) | Command::Install { config: a, .. } => a.flags(),
-        Command::Uninstall { .. } | Command::Supervise(_) => config::Flags::default(),
+        Command::Uninstall { .. } | Command::Supervise(_) | Command::ServiceRun { .. } => {
+            config::Flags::default()
+        }
     };
     let format = match config::log_format(&flags, &env) {
         Ok(f) => f,
@@ -105,10 +125,17 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(2, &e),
             };
-            report(service::install(&cfg.source, cfg.stop_grace, dry_run))
+            report(service::install(
+                &cfg.source,
+                &cfg.state_dir,
+                cfg.stop_grace,
+                dry_run,
+            ))
         }
         Command::Uninstall { dry_run } => report(service::uninstall(dry_run)),
-        Command::Supervise(_) => unreachable!("handled before the runtime starts"),
+        Command::Supervise(_) | Command::ServiceRun { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

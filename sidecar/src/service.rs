@@ -1,15 +1,25 @@
 //! `sidecar install` / `sidecar uninstall`: register the sidecar with the service manager
-//! so it starts at boot. Linux: a systemd unit. Windows: not supported yet.
+//! so that it starts at boot, and print what was done.
+//!
+//! - Linux (`systemd.rs`): a systemd unit running `sidecar serve --config FILE`.
+//! - Windows (`windows.rs`): a Windows service running `sidecar service-run --config FILE`,
+//!   which is `serve` under the service control manager: its Stop and Shutdown feed the
+//!   same root cancellation token as SIGTERM does on Linux. What it registers is decided in
+//!   `windows_spec.rs`, which compiles (and is tested) everywhere.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const UNIT_NAME: &str = "agentfleet-sidecar.service";
-pub const UNIT_DIR: &str = "/etc/systemd/system";
+pub mod systemd;
+#[cfg(windows)]
+pub mod windows;
+pub mod windows_spec;
+
+pub use systemd::{UNIT_DIR, UNIT_NAME, unit_text};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(
-        "installing as a service is not supported on this platform yet; run `sidecar serve --config FILE` from your service manager"
+        "installing as a service is not supported on this platform; run `sidecar serve --config FILE` from your service manager"
     )]
     Unsupported,
     #[error("failed to {action} `{}`: {source}; run as root (e.g. with sudo), or use --dry-run and install the unit yourself", path.display())]
@@ -20,38 +30,12 @@ pub enum ServiceError {
     },
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
+    /// A call to the Windows service control manager failed.
+    #[error("failed to {action}: {detail}")]
+    Windows { action: String, detail: String },
 }
 
-/// The systemd unit that runs `exe serve --config config`.
-pub fn unit_text(exe: &Path, config: &Path, stop_grace: Duration) -> String {
-    // KillMode=process: on stop, systemd signals only the sidecar itself and leaves the
-    // rest of the unit's cgroup alone. The rest is the command jobs' supervisors (and their
-    // steps): they must outlive a stop/restart/upgrade of the sidecar, which re-attaches to
-    // them when it starts again (the default, control-group, would kill every job). The
-    // sidecar's own shutdown stops what cannot be handed over; TimeoutStopSec bounds it.
-    let stop_timeout = stop_grace.as_secs() + 20;
-    format!(
-        "[Unit]\n\
-         Description=agentfleet sidecar (starts SQL Server Agent jobs and command jobs for the coordinator)\n\
-         Wants=network-online.target\n\
-         After=network-online.target\n\
-         \n\
-         [Service]\n\
-         Type=simple\n\
-         ExecStart=\"{exe}\" serve --config \"{config}\"\n\
-         Restart=on-failure\n\
-         RestartSec=5\n\
-         KillMode=process\n\
-         TimeoutStopSec={stop_timeout}\n\
-         \n\
-         [Install]\n\
-         WantedBy=multi-user.target\n",
-        exe = exe.display(),
-        config = config.display(),
-    )
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServiceError {
+pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServiceError {
     let path = path.to_owned();
     move |source| ServiceError::Io {
         action,
@@ -60,99 +44,64 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Servi
     }
 }
 
-/// Installs and starts the unit; returns what it did, one line per step. With `dry_run`,
-/// returns the unit text and changes nothing.
+/// Registers the sidecar with `config` as a service started at boot, and starts it; returns
+/// what it did, one line per step. `state_dir` holds the Windows service's log file. With
+/// `dry_run`, returns what would be registered and changes nothing.
 pub fn install(
     config: &Path,
+    state_dir: &Path,
     stop_grace: Duration,
     dry_run: bool,
 ) -> Result<Vec<String>, ServiceError> {
-    if !cfg!(target_os = "linux") {
-        return Err(ServiceError::Unsupported);
-    }
     let exe = std::env::current_exe().map_err(io("find", Path::new("the sidecar executable")))?;
-    let config = std::fs::canonicalize(config).map_err(io("find", config))?;
-    let unit = unit_text(&exe, &config, stop_grace);
-    if dry_run {
-        return Ok(vec![unit]);
+    #[cfg(target_os = "linux")]
+    {
+        let _ = state_dir;
+        systemd::install(&exe, config, stop_grace, dry_run)
     }
-    let path = Path::new(UNIT_DIR).join(UNIT_NAME);
-    std::fs::write(&path, unit).map_err(io("write", &path))?;
-    let mut done = vec![format!("wrote {}", path.display())];
-    for args in [&["daemon-reload"][..], &["enable", "--now", UNIT_NAME]] {
-        systemctl(args)?;
-        done.push(format!("ran systemctl {}", args.join(" ")));
+    #[cfg(windows)]
+    {
+        windows::install(&exe, config, state_dir, stop_grace, dry_run)
     }
-    done.push(format!(
-        "check it with: systemctl status {UNIT_NAME}; logs: journalctl -u {UNIT_NAME}"
-    ));
-    Ok(done)
+    #[cfg(not(any(target_os = "linux", windows)))]
+    {
+        let _ = (exe, config, state_dir, stop_grace, dry_run);
+        Err(ServiceError::Unsupported)
+    }
 }
 
-/// Stops, disables and removes the unit; returns what it did.
+/// Stops and removes the service; returns what it did. With `dry_run`, what it would do.
 pub fn uninstall(dry_run: bool) -> Result<Vec<String>, ServiceError> {
-    if !cfg!(target_os = "linux") {
-        return Err(ServiceError::Unsupported);
+    #[cfg(target_os = "linux")]
+    {
+        systemd::uninstall(dry_run)
     }
-    let path = Path::new(UNIT_DIR).join(UNIT_NAME);
-    if dry_run {
-        return Ok(vec![
-            format!("would run systemctl disable --now {UNIT_NAME}"),
-            format!("would remove {}", path.display()),
-        ]);
+    #[cfg(windows)]
+    {
+        windows::uninstall(dry_run)
     }
-    let mut done = Vec::new();
-    if path.exists() {
-        systemctl(&["disable", "--now", UNIT_NAME])?;
-        done.push(format!("ran systemctl disable --now {UNIT_NAME}"));
-        std::fs::remove_file(&path).map_err(io("remove", &path))?;
-        done.push(format!("removed {}", path.display()));
-        systemctl(&["daemon-reload"])?;
-        done.push("ran systemctl daemon-reload".to_owned());
-    } else {
-        done.push(format!(
-            "{} is not installed; nothing to do",
-            path.display()
-        ));
-    }
-    Ok(done)
-}
-
-fn systemctl(args: &[&str]) -> Result<(), ServiceError> {
-    let command = format!("systemctl {}", args.join(" "));
-    let output = std::process::Command::new("systemctl")
-        .args(args)
-        .output()
-        .map_err(|e| ServiceError::Command {
-            command: command.clone(),
-            detail: format!("{e}; is this a systemd system?"),
-        })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(ServiceError::Command {
-            command,
-            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
+    #[cfg(not(any(target_os = "linux", windows)))]
+    {
+        let _ = dry_run;
+        Err(ServiceError::Unsupported)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unit_runs_serve_with_the_config() {
-        let unit = unit_text(
-            Path::new("/usr/local/bin/sidecar"),
-            Path::new("/etc/agentfleet/sidecar.toml"),
-            Duration::from_secs(10),
+/// The hidden `sidecar service-run` entry: runs `serve` under the Windows service control
+/// manager until it says Stop; returns the process's exit code. Call it from `main`,
+/// outside any async runtime, after installing the crypto provider. Elsewhere it refuses.
+pub fn run_as_windows_service(launch: windows_spec::Launch) -> u8 {
+    #[cfg(windows)]
+    {
+        windows::run(launch)
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = launch;
+        eprintln!(
+            "sidecar: `{}` is what the Windows service manager starts; run `sidecar serve --config FILE` instead",
+            windows_spec::SERVICE_RUN
         );
-        assert!(unit.contains(
-            "ExecStart=\"/usr/local/bin/sidecar\" serve --config \"/etc/agentfleet/sidecar.toml\"\n"
-        ));
-        assert!(unit.contains("TimeoutStopSec=30\n"));
-        assert!(unit.contains("KillMode=process\n"));
-        assert!(unit.contains("WantedBy=multi-user.target"));
+        2
     }
 }

@@ -1,6 +1,7 @@
 //! One telemetry setup for both binaries:
 //!
-//! - logs: `tracing` with an env filter (RUST_LOG), plain or JSON lines on stderr ([`init`]);
+//! - logs: `tracing` with an env filter (RUST_LOG), plain or JSON lines on stderr ([`init`])
+//!   or, for the Windows service, in a file ([`init_to_file`]);
 //! - export ([`export::start`]): OTLP/gRPC spans and metrics, only when configured
 //!   ([`settings`]), plus metrics kept for a Prometheus scrape where asked;
 //! - spans built after the fact from events ([`span`]), with ids derived from the run,
@@ -42,5 +43,28 @@ pub fn init(default_filter: &str, format: LogFormat) {
             .try_init(),
     };
     // A second init (tests) keeps the first subscriber.
+    let _ = result;
+}
+
+/// Like [`init`], but writes to `file`, without colours: for the Windows service, which has
+/// no stderr to write to.
+pub fn init_to_file(default_filter: &str, format: LogFormat, file: std::fs::File) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let writer = std::sync::Mutex::new(file);
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Plain => registry
+            .with(
+                fmt::layer()
+                    .with_writer(writer)
+                    .with_ansi(false)
+                    .with_target(false),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(writer))
+            .try_init(),
+    };
     let _ = result;
 }

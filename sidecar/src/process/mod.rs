@@ -9,8 +9,8 @@
 //! - `describe_exit(status)`: "exit code 3", "killed by signal 9 (SIGKILL)".
 //!
 //! Unix uses process groups: a descendant that moves itself to another group or session
-//! (`setsid`, daemonising) escapes. Windows uses `taskkill /T`, which walks the parent/child
-//! links that exist at that moment (see `windows.rs` for what that misses).
+//! (`setsid`, daemonising) escapes. Windows uses a Job Object per step (kill-on-close), which
+//! holds every descendant, orphans included (see `windows.rs` for what it still misses).
 
 #[cfg(unix)]
 mod unix;

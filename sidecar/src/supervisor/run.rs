@@ -137,30 +137,42 @@ async fn watch_for_stop(dir: PathBuf, stop: CancellationToken) {
 }
 
 /// SIGTERM / SIGINT stop the job; SIGHUP (a closing terminal) is caught and ignored.
+/// Windows: Ctrl-C, Ctrl-Break, closing its console and system shutdown stop the job; a
+/// user logging off is caught and ignored (left alone, it would end the process).
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     hup: Option<tokio::signal::unix::Signal>,
+    #[cfg(windows)]
+    windows: windows_signals::Listeners,
 }
 
 impl Signals {
+    #[cfg(unix)]
     fn install() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Self {
-                term: signal(SignalKind::terminate()).ok(),
-                hup: signal(SignalKind::hangup()).ok(),
-            }
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
         }
-        #[cfg(not(unix))]
+    }
+
+    #[cfg(windows)]
+    fn install() -> Self {
+        Self {
+            windows: windows_signals::Listeners::install(),
+        }
+    }
+
+    #[cfg(not(any(unix, windows)))]
+    fn install() -> Self {
         Self {}
     }
 
     /// Waits for a signal that means "stop"; returns its name.
+    #[cfg(unix)]
     async fn terminate(&mut self) -> &'static str {
-        #[cfg(unix)]
         loop {
             let term = async {
                 match &mut self.term {
@@ -180,10 +192,73 @@ impl Signals {
                 _ = hup => tracing::info!("ignoring SIGHUP"),
             }
         }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
+    }
+
+    /// Waits for a console event that means "stop"; returns its name.
+    #[cfg(windows)]
+    async fn terminate(&mut self) -> &'static str {
+        self.windows.terminate().await
+    }
+
+    #[cfg(not(any(unix, windows)))]
+    async fn terminate(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+#[cfg(windows)]
+mod windows_signals {
+    use tokio::signal::windows::{
+        CtrlBreak, CtrlC, CtrlClose, CtrlLogoff, CtrlShutdown, ctrl_break, ctrl_c, ctrl_close,
+        ctrl_logoff, ctrl_shutdown,
+    };
+
+    /// The console events the supervisor listens to; one that cannot be listened to
+    /// (no console) is `None` and never fires.
+    pub(super) struct Listeners {
+        c: Option<CtrlC>,
+        brk: Option<CtrlBreak>,
+        close: Option<CtrlClose>,
+        shutdown: Option<CtrlShutdown>,
+        logoff: Option<CtrlLogoff>,
+    }
+
+    /// Waits for one event of a listener that may be missing.
+    macro_rules! event {
+        ($listener:expr) => {
+            async {
+                match $listener {
+                    Some(listener) => {
+                        listener.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+        };
+    }
+
+    impl Listeners {
+        pub(super) fn install() -> Self {
+            Self {
+                c: ctrl_c().ok(),
+                brk: ctrl_break().ok(),
+                close: ctrl_close().ok(),
+                shutdown: ctrl_shutdown().ok(),
+                logoff: ctrl_logoff().ok(),
+            }
+        }
+
+        pub(super) async fn terminate(&mut self) -> &'static str {
+            loop {
+                tokio::select! {
+                    () = event!(&mut self.c) => return "Ctrl-C",
+                    () = event!(&mut self.brk) => return "Ctrl-Break",
+                    () = event!(&mut self.close) => return "console closed",
+                    () = event!(&mut self.shutdown) => return "system shutdown",
+                    () = event!(&mut self.logoff) => tracing::info!("ignoring a user logoff"),
+                }
+            }
         }
     }
 }

@@ -44,24 +44,44 @@ pub fn spawn(command: &SupervisorCommand, execution_dir: &Path) -> io::Result<Ch
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(false);
-    detach(&mut cmd);
-    cmd.spawn()
+    spawn_detached(&mut cmd)
 }
 
 #[cfg(unix)]
-fn detach(cmd: &mut Command) {
+fn spawn_detached(cmd: &mut Command) -> io::Result<Child> {
     // setpgid(0, 0) in the child before exec: signals to the sidecar's group (kill -9 of
     // the group, Ctrl-C in its terminal) do not reach the supervisor.
     cmd.process_group(0);
+    cmd.spawn()
 }
 
 #[cfg(windows)]
-fn detach(cmd: &mut Command) {
-    /// `CREATE_NEW_PROCESS_GROUP`: Ctrl-Break to the sidecar's console group misses it.
+fn spawn_detached(cmd: &mut Command) -> io::Result<Child> {
+    /// `CREATE_NEW_PROCESS_GROUP`: Ctrl-C and Ctrl-Break for the sidecar's group miss it.
     const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
-    /// `CREATE_NO_WINDOW`: a service has no desktop to show consoles on.
+    /// `CREATE_NO_WINDOW`: a console of its own, never shown, instead of the sidecar's, so
+    /// that closing the sidecar's console does not reach it. A console rather than none
+    /// (`DETACHED_PROCESS`): console processes get the system-shutdown event, on which the
+    /// supervisor stops its job and journals CANCELED instead of being cut off (LOST).
     const CREATE_NO_WINDOW: u32 = 0x0800_0000;
-    cmd.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW);
+    /// `CREATE_BREAKAWAY_FROM_JOB`: when the sidecar runs inside a Job Object (a terminal,
+    /// a CI agent, a process manager), the supervisor must not die with that job.
+    const CREATE_BREAKAWAY_FROM_JOB: u32 = 0x0100_0000;
+    /// `ERROR_ACCESS_DENIED`: the sidecar's job does not allow breaking away.
+    const ERROR_ACCESS_DENIED: i32 = 5;
+    let flags = CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW;
+    cmd.creation_flags(flags | CREATE_BREAKAWAY_FROM_JOB);
+    match cmd.spawn() {
+        Err(e) if e.raw_os_error() == Some(ERROR_ACCESS_DENIED) => {
+            tracing::warn!(
+                "the sidecar runs in a Job Object that forbids breaking away: this supervisor \
+                 ends when that job is closed"
+            );
+            cmd.creation_flags(flags);
+            cmd.spawn()
+        }
+        result => result,
+    }
 }
 
 /// Asks the execution's supervisor to stop it: writes `DIR/stop` holding the reason. The

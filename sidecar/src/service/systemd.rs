@@ -1,0 +1,129 @@
+//! Linux: `sidecar install` writes a systemd unit that runs `sidecar serve --config FILE`,
+//! enables and starts it; `sidecar uninstall` stops, disables and removes it.
+use std::path::Path;
+use std::time::Duration;
+
+use super::{ServiceError, io};
+
+pub const UNIT_NAME: &str = "agentfleet-sidecar.service";
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+
+/// The systemd unit that runs `exe serve --config config`.
+pub fn unit_text(exe: &Path, config: &Path, stop_grace: Duration) -> String {
+    // KillMode=process: on stop, systemd signals only the sidecar itself and leaves the
+    // rest of the unit's cgroup alone. The rest is the command jobs' supervisors (and their
+    // steps): they must outlive a stop/restart/upgrade of the sidecar, which re-attaches to
+    // them when it starts again (the default, control-group, would kill every job). The
+    // sidecar's own shutdown stops what cannot be handed over; TimeoutStopSec bounds it.
+    let stop_timeout = stop_grace.as_secs() + 20;
+    format!(
+        "[Unit]\n\
+         Description=agentfleet sidecar (starts SQL Server Agent jobs and command jobs for the coordinator)\n\
+         Wants=network-online.target\n\
+         After=network-online.target\n\
+         \n\
+         [Service]\n\
+         Type=simple\n\
+         ExecStart=\"{exe}\" serve --config \"{config}\"\n\
+         Restart=on-failure\n\
+         RestartSec=5\n\
+         KillMode=process\n\
+         TimeoutStopSec={stop_timeout}\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        exe = exe.display(),
+        config = config.display(),
+    )
+}
+
+/// Installs and starts the unit; returns what it did, one line per step. With `dry_run`,
+/// returns the unit text and changes nothing.
+pub fn install(
+    exe: &Path,
+    config: &Path,
+    stop_grace: Duration,
+    dry_run: bool,
+) -> Result<Vec<String>, ServiceError> {
+    let config = std::fs::canonicalize(config).map_err(io("find", config))?;
+    let unit = unit_text(exe, &config, stop_grace);
+    if dry_run {
+        return Ok(vec![unit]);
+    }
+    let path = Path::new(UNIT_DIR).join(UNIT_NAME);
+    std::fs::write(&path, unit).map_err(io("write", &path))?;
+    let mut done = vec![format!("wrote {}", path.display())];
+    for args in [&["daemon-reload"][..], &["enable", "--now", UNIT_NAME]] {
+        systemctl(args)?;
+        done.push(format!("ran systemctl {}", args.join(" ")));
+    }
+    done.push(format!(
+        "check it with: systemctl status {UNIT_NAME}; logs: journalctl -u {UNIT_NAME}"
+    ));
+    Ok(done)
+}
+
+/// Stops, disables and removes the unit; returns what it did.
+pub fn uninstall(dry_run: bool) -> Result<Vec<String>, ServiceError> {
+    let path = Path::new(UNIT_DIR).join(UNIT_NAME);
+    if dry_run {
+        return Ok(vec![
+            format!("would run systemctl disable --now {UNIT_NAME}"),
+            format!("would remove {}", path.display()),
+        ]);
+    }
+    let mut done = Vec::new();
+    if path.exists() {
+        systemctl(&["disable", "--now", UNIT_NAME])?;
+        done.push(format!("ran systemctl disable --now {UNIT_NAME}"));
+        std::fs::remove_file(&path).map_err(io("remove", &path))?;
+        done.push(format!("removed {}", path.display()));
+        systemctl(&["daemon-reload"])?;
+        done.push("ran systemctl daemon-reload".to_owned());
+    } else {
+        done.push(format!(
+            "{} is not installed; nothing to do",
+            path.display()
+        ));
+    }
+    Ok(done)
+}
+
+fn systemctl(args: &[&str]) -> Result<(), ServiceError> {
+    let command = format!("systemctl {}", args.join(" "));
+    let output = std::process::Command::new("systemctl")
+        .args(args)
+        .output()
+        .map_err(|e| ServiceError::Command {
+            command: command.clone(),
+            detail: format!("{e}; is this a systemd system?"),
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(ServiceError::Command {
+            command,
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_runs_serve_with_the_config() {
+        let unit = unit_text(
+            Path::new("/usr/local/bin/sidecar"),
+            Path::new("/etc/agentfleet/sidecar.toml"),
+            Duration::from_secs(10),
+        );
+        assert!(unit.contains(
+            "ExecStart=\"/usr/local/bin/sidecar\" serve --config \"/etc/agentfleet/sidecar.toml\"\n"
+        ));
+        assert!(unit.contains("TimeoutStopSec=30\n"));
+        assert!(unit.contains("KillMode=process\n"));
+        assert!(unit.contains("WantedBy=multi-user.target"));
+    }
+}
