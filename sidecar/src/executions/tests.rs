@@ -237,6 +237,8 @@ async fn a_resumable_execution_is_handed_over_and_continues_its_journal() {
         .filter(|e| matches!(e.kind, Some(Kind::Started(_))))
         .count();
     assert_eq!(started, 1, "the repeated Started is dropped: {events:?}");
+    // The stream reads the file, which may be ahead of the registry's view by a moment.
+    wait_finished(&reg, "h1").await;
     assert_eq!(reg.get("h1").unwrap().outcome, Outcome::Succeeded as i32);
 }
 
