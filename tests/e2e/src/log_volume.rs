@@ -36,6 +36,9 @@ pub struct Shipped {
     /// From spawning `coordinator run` to its exit.
     pub elapsed: Duration,
     pub run: CoordinatorOutput,
+    /// The job step's duration as the sidecar measured it (job output → its journal);
+    /// the rest of `elapsed` is start-up and the journal → store tail.
+    pub step_elapsed: Option<Duration>,
     /// Peak memory by process: `sidecar`, `supervisor` (the execution's own process,
     /// which reads the job's output and writes the journal) and `coordinator`.
     pub peaks: BTreeMap<String, Memory>,
@@ -76,6 +79,13 @@ impl Shipped {
             self.lines_per_s(),
             self.stored.elapsed.as_secs_f64()
         );
+        if let Some(step) = self.step_elapsed {
+            text += &format!(
+                "  the job's step took {:.2} s on the sidecar ({:.1} MB/s into the journal)\n",
+                step.as_secs_f64(),
+                mb(self.bytes) / step.as_secs_f64()
+            );
+        }
         for (process, peak) in &self.peaks {
             text += &format!(
                 "  {process:<12} peak VmRSS {:>7.1} MB, VmHWM {:>7.1} MB\n",
@@ -150,15 +160,31 @@ pub fn ship(env: &TestEnv, lines: u64) -> Shipped {
     let elapsed = began.elapsed();
     let peaks = sampler.stop();
     let stored = read_back(env, lines);
+    let step_elapsed = step_duration(env);
     drop(sidecar);
     Shipped {
         lines,
         bytes: lines * LINE_BYTES,
         elapsed,
         run,
+        step_elapsed,
         peaks,
         stored,
     }
+}
+
+/// The duration of the run's one step, from `coordinator show last --json`.
+fn step_duration(env: &TestEnv) -> Option<Duration> {
+    let out = crate::coordinator::run(
+        env.path(),
+        &env.path().join("home"),
+        ["show", "last", "--json"],
+        &[],
+    );
+    let show: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    show["steps"][0]["duration_ms"]
+        .as_u64()
+        .map(Duration::from_millis)
 }
 
 /// True for a sidecar's per-execution `supervise` process (not the job's own processes).

@@ -278,6 +278,33 @@ fn a_job_started_just_before_the_coordinator_died_is_not_started_again() {
     );
 }
 
+#[test]
+#[ignore = "bug: the dispatcher never refreshes a sidecar's running jobs after take_stock, so a task whose job already runs on every eligible sidecar waits forever"]
+fn a_run_whose_job_is_already_running_waits_for_it_then_runs() {
+    let env = TestEnv::new("job-already-running");
+    let job = counting_job(&env);
+    let sidecar = env.start_sidecar("s1", &job.toml(), SidecarOptions::default());
+    let fleet = env.write_fleet(&[&sidecar]);
+    let plan = one_task_plan(&env, &job.name);
+    let mut leftovers = KillOnDrop::default();
+
+    // A first run of the same job, in the background (as after `attach` of an orphaned
+    // execution, or another coordinator's run).
+    let first = env.coordinator(run_args(&plan, &fleet, &["--detach"]));
+    assert_eq!(first.code(), Some(0), "{first}");
+    wait_until(PROCESS_TIMEOUT, "the first run's job to start", || {
+        (job.runs() >= 1).then_some(())
+    });
+    if let Some(driver) = show_last(&env)["run"]["driver_pid"].as_u64() {
+        leftovers.0.push((driver as u32, "coordinator"));
+    }
+
+    let mut second = BackgroundCoordinator::spawn(&env, run_args(&plan, &fleet, &["--json"]));
+    let out = second.finish(RUN_TIMEOUT);
+    assert_eq!(out.code(), Some(0), "the second run did not finish: {out}");
+    assert_eq!(job.runs(), 2, "each run ran the job once: {out}");
+}
+
 /// A job that starts `sleep 1000` and records the sleep's pid in `MARKERS/long.pid`
 /// (renamed into place, so the file is complete once it exists), then waits for it.
 fn long_job(markers: &Path) -> String {
