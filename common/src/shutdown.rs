@@ -44,26 +44,45 @@ pub fn requests() -> (ShutdownRequester, ShutdownRequests) {
 
 /// Like [`install`], and `requests` feed the same token: the first signal or request
 /// cancels it, the second exits with 130. Must be called inside a Tokio runtime.
-pub fn install_with(mut requests: ShutdownRequests) -> CancellationToken {
+pub fn install_with(requests: ShutdownRequests) -> CancellationToken {
+    listen(requests, true)
+}
+
+/// For a Windows service: only `requests` (the control handler's Stop and Shutdown) feed
+/// the token, not console events. At system shutdown a service gets both the control
+/// manager's Shutdown and a console shutdown event: counting both would make the second
+/// cut the graceful drain short. Must be called inside a Tokio runtime.
+pub fn install_for_service(requests: ShutdownRequests) -> CancellationToken {
+    listen(requests, false)
+}
+
+fn listen(mut requests: ShutdownRequests, signals: bool) -> CancellationToken {
     let token = CancellationToken::new();
     let root = token.clone();
     tokio::spawn(async move {
-        let why = next_request(&mut requests).await;
+        let why = next_request(&mut requests, signals).await;
         tracing::info!(
             cause = why,
             "shutdown requested; a second request exits at once"
         );
         root.cancel();
-        let why = next_request(&mut requests).await;
+        let why = next_request(&mut requests, signals).await;
         eprintln!("second shutdown request ({why}): exiting now");
         std::process::exit(130);
     });
     token
 }
 
-async fn next_request(requests: &mut ShutdownRequests) -> &'static str {
+async fn next_request(requests: &mut ShutdownRequests, signals: bool) -> &'static str {
+    let signal = async {
+        if signals {
+            wait_for_signal().await
+        } else {
+            std::future::pending().await
+        }
+    };
     tokio::select! {
-        why = wait_for_signal() => why,
+        why = signal => why,
         // None: every requester is gone (e.g. `install`'s, dropped at once); signals remain.
         Some(why) = requests.rx.recv() => why,
     }
@@ -122,6 +141,17 @@ mod tests {
         // Sent before the listener exists: it waits for it.
         requester.request("service stop");
         let token = install_with(requests);
+        tokio::time::timeout(Duration::from_secs(5), token.cancelled())
+            .await
+            .expect("the request cancels the token");
+    }
+
+    #[tokio::test]
+    async fn a_service_token_is_fed_by_requests() {
+        let (requester, requests) = requests();
+        let token = install_for_service(requests);
+        assert!(!token.is_cancelled());
+        requester.request("service stop");
         tokio::time::timeout(Duration::from_secs(5), token.cancelled())
             .await
             .expect("the request cancels the token");

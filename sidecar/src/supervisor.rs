@@ -46,6 +46,12 @@
 //! it hands running command executions over to their supervisors instead of stopping
 //! them; the sidecar started next re-attaches (see `executions::recovery`).
 //!
+//! On Windows the supervisor starts in a new process group with a hidden console of its own
+//! (breaking away from the sidecar's Job Object, if it runs in one), so Ctrl-C or closing
+//! the sidecar's console does not reach it, and the service control manager does not stop
+//! it with the service. Ctrl-C, Ctrl-Break, its console closing and system shutdown stop
+//! the job; a user logoff is ignored. See `spawn.rs` and `run.rs`.
+//!
 //! A change from the first sketch: the supervisor is not moved to a new *session*, because
 //! `setsid` must run in the child between fork and exec (unsafe code, which this crate
 //! forbids) or fails in a process-group leader. A process group of its own already keeps

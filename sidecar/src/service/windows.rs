@@ -329,8 +329,8 @@ fn run_service(launch: Launch) -> Result<(), windows_service::Error> {
     Ok(())
 }
 
-/// Loads the config and runs the server until the root token is cancelled (SCM Stop or
-/// Shutdown, or a console event when started by hand); the service's exit code.
+/// Loads the config and runs the server until the root token is cancelled (the control
+/// manager's Stop or Shutdown); the service's exit code.
 fn serve(
     launch: &Launch,
     requests: ShutdownRequests,
@@ -352,7 +352,7 @@ fn serve(
     };
     let stop_hint = super::windows_spec::stop_timeout(cfg.stop_grace);
     let result = runtime.block_on(async {
-        let token = shutdown::install_with(requests);
+        let token = shutdown::install_for_service(requests);
         report(
             &status,
             ServiceState::Running,
