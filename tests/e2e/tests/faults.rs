@@ -253,12 +253,15 @@ fn kill_as_soon_as_started(
 }
 
 #[test]
-#[ignore = "bug: an execution is stored only after its first Watch event, so a coordinator killed right after StartJob leaves it unknown and `attach` starts the job again"]
+#[ignore = "bug: an execution is stored only after its first Watch event, so a coordinator killed right after StartJob leaves it unknown and `attach` starts the job again on another sidecar"]
 fn a_job_started_just_before_the_coordinator_died_is_not_started_again() {
     let env = TestEnv::new("kill-after-start");
     let job = counting_job(&env);
-    let sidecar = env.start_sidecar("s1", &job.toml(), SidecarOptions::default());
-    let fleet = env.write_fleet(&[&sidecar]);
+    // Two sidecars: with one, the re-placed task would wait for the orphan instead (see
+    // `a_run_whose_job_is_already_running_waits_for_it_then_runs`).
+    let s1 = env.start_sidecar("s1", &job.toml(), SidecarOptions::default());
+    let s2 = env.start_sidecar("s2", &job.toml(), SidecarOptions::default());
+    let fleet = env.write_fleet(&[&s1, &s2]);
     let plan = one_task_plan(&env, &job.name);
 
     let mut run = BackgroundCoordinator::spawn(&env, run_args(&plan, &fleet, &["--json"]));
