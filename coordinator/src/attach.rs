@@ -69,6 +69,9 @@ pub async fn drive(
     let run_options = RunOptions {
         lost_after: options.lost_after,
         past_durations: store.job_durations().unwrap_or_default(),
+        placement_log: Some(std::sync::Arc::new(StorePlacementLog(
+            std::sync::Mutex::new(open_store(&options.home)?),
+        ))),
     };
     let dispatcher = Dispatcher::new(
         plan,
@@ -98,6 +101,23 @@ pub async fn drive(
     let _ = reporting.await;
     acknowledge(&store, run_id, &sidecars).await;
     Ok(result.exit_code)
+}
+
+/// Records placements in the store before their StartJob goes out.
+struct StorePlacementLog(std::sync::Mutex<Store>);
+
+impl crate::dispatch::PlacementLog for StorePlacementLog {
+    fn record(&self, placed: &RunEvent) -> Result<(), String> {
+        let mut store = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        store.record_event(placed).map_err(|e| e.to_string())
+    }
+
+    fn refused(&self, execution_id: &str) {
+        let store = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = store.close_refused_execution(execution_id) {
+            tracing::warn!(%execution_id, error = %e, "could not mark a refused start in the run store");
+        }
+    }
 }
 
 /// Cancels `cancel` once `coordinator cancel RUN` has asked for it in the store.

@@ -38,6 +38,11 @@ pub enum ExecMsg {
         task_index: usize,
         result: ExecResult,
     },
+    /// What a sidecar said about itself just now (the dispatcher's periodic refresh).
+    Refreshed {
+        sidecar: String,
+        info: crate::fleet::SidecarInfo,
+    },
 }
 
 /// Why a sidecar did not take a start; the task is placed again, not failed.

@@ -2,8 +2,13 @@
 //! declare, and what can never be placed.
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
 use super::Dispatcher;
-use crate::fleet::SidecarInfo;
+use crate::execution::ExecMsg;
+use crate::fleet::{Sidecar, SidecarInfo};
 use crate::schedule::{self, SidecarState};
 
 impl Dispatcher<'_> {
@@ -94,4 +99,35 @@ pub(super) fn expected_durations(infos: &BTreeMap<String, SidecarInfo>) -> BTree
         }
     }
     out
+}
+
+/// Asks every sidecar, every `every`, what it offers and runs, for the whole run. The
+/// dispatcher's own bookkeeping only knows its own executions; this is how it learns that
+/// a job someone else started has ended, or that a sidecar that was down is back.
+pub(super) async fn refresh(sidecars: Vec<Sidecar>, tx: mpsc::Sender<ExecMsg>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        for (sidecar, info) in crate::fleet::probe(&sidecars).await {
+            if tx.send(ExecMsg::Refreshed { sidecar, info }).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Dispatcher<'_> {
+    /// Takes a sidecar's fresh view of itself. Its running count and jobs include our own
+    /// executions; a start that races with this is refused by the sidecar and placed again.
+    pub(super) fn on_refreshed(&mut self, name: &str, info: &SidecarInfo) {
+        let Some(state) = self.states.iter_mut().find(|s| s.name == name) else {
+            return;
+        };
+        if !info.reachable {
+            // Unreachable for now; running executions watch (and time out) on their own.
+            state.reachable = false;
+            return;
+        }
+        let fresh = sidecar_state(name, Some(info));
+        *state = fresh;
+    }
 }

@@ -25,13 +25,26 @@ const REFUSAL_COOLDOWN: Duration = Duration::from_secs(2);
 /// Capacity of the executor → dispatcher channel (backpressure on executors).
 const EXEC_CHANNEL: usize = 1024;
 
-#[derive(Debug, Clone)]
+/// How often sidecars are asked what runs on them while tasks wait for a place (a job
+/// started by someone else ends; a sidecar that was down comes back).
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// Durable record of a placement, written before the StartJob it announces, so that a
+/// coordinator that dies right after starting a job leaves a trace for `attach`/`cancel`.
+pub trait PlacementLog: Send + Sync {
+    fn record(&self, placed: &RunEvent) -> Result<(), String>;
+    /// The sidecar refused that start (busy): the execution never existed there.
+    fn refused(&self, execution_id: &str);
+}
+
+#[derive(Clone)]
 pub struct RunOptions {
     /// A sidecar unreachable this long has lost its executions.
     pub lost_after: Duration,
     /// Median past durations per job from the central store; used where the sidecars
     /// report no history of their own (e.g. command jobs after a sidecar restart).
     pub past_durations: BTreeMap<String, u64>,
+    pub placement_log: Option<std::sync::Arc<dyn PlacementLog>>,
 }
 
 impl Default for RunOptions {
@@ -39,6 +52,7 @@ impl Default for RunOptions {
         Self {
             lost_after: Duration::from_secs(120),
             past_durations: BTreeMap::new(),
+            placement_log: None,
         }
     }
 }
@@ -64,6 +78,8 @@ struct TaskRun {
     remaining_deps: usize,
     avoid: Vec<String>,
     sidecar: Option<String>,
+    /// The execution of the current (or last) attempt.
+    execution_id: Option<String>,
     first_start: Option<Instant>,
     duration: Duration,
     message: String,
@@ -123,6 +139,7 @@ impl<'a> Dispatcher<'a> {
                 remaining_deps: t.after.len(),
                 avoid: Vec::new(),
                 sidecar: None,
+                execution_id: None,
                 first_start: None,
                 duration: Duration::ZERO,
                 message: String::new(),
@@ -178,6 +195,11 @@ impl<'a> Dispatcher<'a> {
         })
         .await;
         let (tx, mut rx) = mpsc::channel(EXEC_CHANNEL);
+        let refresher = tokio::spawn(fleet_view::refresh(
+            self.sidecars.values().cloned().collect(),
+            tx.clone(),
+            REFRESH_EVERY,
+        ));
         let run_deadline = self.plan.timeout.map(|t| tokio::time::Instant::now() + t);
         self.restore(prior, &tx).await;
         if cancel.is_cancelled() {
@@ -214,6 +236,7 @@ impl<'a> Dispatcher<'a> {
                 _ = sleep_until(cooldown_end), if cooldown_end.is_some() => {}
             }
         }
+        refresher.abort();
         self.finish(started).await
     }
 
@@ -301,7 +324,28 @@ impl<'a> Dispatcher<'a> {
                 .map(|e| e.execution_id.clone())
                 .unwrap_or_else(agentfleet_common::ids::new_execution_id),
         };
-        self.emit(RunEventKind::TaskPlaced { at: at.clone() }).await;
+        let placed = RunEventKind::TaskPlaced { at: at.clone() };
+        if let Some(log) = &self.options.placement_log {
+            let event = RunEvent::new(&self.run_id, agentfleet_common::now_ms(), placed.clone());
+            if let Err(e) = log.record(&event) {
+                // Starting a job the store cannot know about could later start it twice.
+                let why = format!("not started: the run store could not record the placement: {e}");
+                let done = ExecResult::Finished {
+                    outcome: TaskOutcome::Failed,
+                    message: why,
+                    duration: Duration::ZERO,
+                };
+                let _ = tx
+                    .send(ExecMsg::Done {
+                        task_index: index,
+                        result: done,
+                    })
+                    .await;
+                return;
+            }
+        }
+        self.tasks[index].execution_id = Some(at.execution_id.clone());
+        self.emit(placed).await;
         let lost_after = if task.rerun_if_lost {
             self.options.lost_after
         } else {
@@ -333,6 +377,7 @@ impl<'a> Dispatcher<'a> {
         match msg {
             ExecMsg::Event { kind, .. } => self.emit(kind).await,
             ExecMsg::Done { task_index, result } => self.on_done(task_index, result).await,
+            ExecMsg::Refreshed { sidecar, info } => self.on_refreshed(&sidecar, &info),
         }
     }
 
@@ -349,6 +394,11 @@ impl<'a> Dispatcher<'a> {
         match result {
             ExecResult::Refused { refusal, message } => {
                 tracing::debug!(%sidecar, ?refusal, %message, "start refused; placing again");
+                if let (Some(log), Some(id)) =
+                    (&self.options.placement_log, &self.tasks[index].execution_id)
+                {
+                    log.refused(id);
+                }
                 let run = &mut self.tasks[index];
                 run.attempts -= 1;
                 run.state = if self.stopping == Stopping::No {
@@ -391,7 +441,7 @@ impl<'a> Dispatcher<'a> {
                     task: task.name.clone(),
                     attempt,
                     sidecar: Some(sidecar.clone()),
-                    execution_id: None,
+                    execution_id: self.tasks[index].execution_id.clone(),
                     status: outcome,
                     message: message.clone(),
                     duration_ms: duration.as_millis() as u64,

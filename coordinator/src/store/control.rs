@@ -52,6 +52,28 @@ impl Store {
         Ok(())
     }
 
+    /// Writes one event right away, in its own transaction (the placement of an execution,
+    /// before its StartJob is sent); the writer applies it again later, harmlessly.
+    pub fn record_event(&mut self, event: &crate::events::RunEvent) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        super::apply::apply(&tx, event)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Closes an execution whose start its sidecar refused (busy): it never ran, so a
+    /// later `attach` must not re-attach to it.
+    pub fn close_refused_execution(&self, execution_id: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE executions SET status = 'refused', finished_ms = ?2
+              WHERE execution_id = ?1 AND finished_ms IS NULL",
+            params![execution_id, agentfleet_common::now_ms()],
+        )?;
+        Ok(())
+    }
+
     /// Asks the process driving `run_id` to stop it (it polls [`Store::cancel_requested`]).
     pub fn request_cancel(&self, run_id: &str) -> Result<(), StoreError> {
         let n = self.conn.execute(

@@ -253,7 +253,6 @@ fn kill_as_soon_as_started(
 }
 
 #[test]
-#[ignore = "bug: an execution is stored only after its first Watch event, so a coordinator killed right after StartJob leaves it unknown and `attach` starts the job again on another sidecar"]
 fn a_job_started_just_before_the_coordinator_died_is_not_started_again() {
     let env = TestEnv::new("kill-after-start");
     let job = counting_job(&env);
@@ -282,7 +281,6 @@ fn a_job_started_just_before_the_coordinator_died_is_not_started_again() {
 }
 
 #[test]
-#[ignore = "bug: the dispatcher never refreshes a sidecar's running jobs after take_stock, so a task whose job already runs on every eligible sidecar waits forever"]
 fn a_run_whose_job_is_already_running_waits_for_it_then_runs() {
     let env = TestEnv::new("job-already-running");
     let job = counting_job(&env);
@@ -404,7 +402,6 @@ fn cancel_stops_the_job_of_a_run_whose_coordinator_was_killed() {
 }
 
 #[test]
-#[ignore = "bug: an execution is stored only after its first Watch event, so `cancel` of a run whose coordinator was killed right after StartJob does not stop its job"]
 fn cancel_stops_a_job_started_just_before_the_coordinator_died() {
     let env = TestEnv::new("cancel-after-start");
     let markers = env.path().join("markers");
