@@ -18,6 +18,30 @@ pub enum SinkMsg {
     Event { ts_ms: i64, kind: Kind },
     /// One log line (coalesced with its neighbours into a `Logs` event).
     Log { ts_ms: i64, line: proto::LogLine },
+    /// Messages the writer journals together, in one append (never split by a crash of
+    /// the sidecar between them): SQL Server Agent sends each poll's events derived from
+    /// history rows as one group, so the journal holds a history row whole or not at all.
+    Group(Vec<SinkMsg>),
+}
+
+impl SinkMsg {
+    /// A log line that happened now (for a `Group`).
+    pub fn log_now(
+        step_id: u32,
+        stream: proto::LogStream,
+        line: String,
+        sql_instance_id: i64,
+    ) -> Self {
+        SinkMsg::Log {
+            ts_ms: agentfleet_common::now_ms(),
+            line: proto::LogLine {
+                step_id,
+                stream: stream as i32,
+                line,
+                sql_instance_id,
+            },
+        }
+    }
 }
 
 /// Capacity of an execution's sink channel (messages, not bytes).
@@ -60,18 +84,17 @@ impl EventSink {
 
     /// Emits one log line.
     pub async fn log(&self, step_id: u32, stream: proto::LogStream, line: String) {
-        let line = proto::LogLine {
-            step_id,
-            stream: stream as i32,
-            line,
-        };
         let _ = self
             .tx
-            .send(SinkMsg::Log {
-                ts_ms: agentfleet_common::now_ms(),
-                line,
-            })
+            .send(SinkMsg::log_now(step_id, stream, line, 0))
             .await;
+    }
+
+    /// Sends messages that the writer journals in one append (see `SinkMsg::Group`).
+    pub async fn group(&self, msgs: Vec<SinkMsg>) {
+        if !msgs.is_empty() {
+            let _ = self.tx.send(SinkMsg::Group(msgs)).await;
+        }
     }
 
     /// True once the journal writer has gone (the sidecar is shutting down).

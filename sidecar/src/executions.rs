@@ -323,6 +323,7 @@ impl Registry {
             params: entry.record.params.clone(),
             events: sink.clone(),
             stop: entry.stop.clone(),
+            resume: None,
         };
         let started = backend.start(ctx).await;
         if let Err(e) = started {

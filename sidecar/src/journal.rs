@@ -57,6 +57,10 @@ pub struct Progress {
     pub started: bool,
     /// The Finished event, once on disk.
     pub finished: Option<Finish>,
+    /// SQL Server Agent: the largest msdb history `instance_id` an event on disk comes
+    /// from (0: none). Where a resumed execution continues reading history, and what the
+    /// writer never journals again (see `writer`).
+    pub last_history_id: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +76,14 @@ impl Progress {
         self.last_seq = event.seq;
         match &event.kind {
             Some(Kind::Started(_)) => self.started = true,
+            Some(Kind::StepFinished(s)) => {
+                self.last_history_id = self.last_history_id.max(s.sql_instance_id)
+            }
+            Some(Kind::Logs(l)) => {
+                for line in &l.lines {
+                    self.last_history_id = self.last_history_id.max(line.sql_instance_id);
+                }
+            }
             Some(Kind::Finished(f)) => {
                 self.finished = Some(Finish {
                     outcome: proto::Outcome::try_from(f.outcome)

@@ -4,12 +4,16 @@
 use std::path::Path;
 use std::time::Duration;
 
+use agentfleet_common::proto::Event;
 use agentfleet_common::proto::{self, event::Kind};
 use agentfleet_sidecar::backend::sqlagent::{SqlAgentBackend, SqlAgentConfig};
 use agentfleet_sidecar::backend::{Backend, BackendError, ExecutionContext};
 use agentfleet_sidecar::events::{EventSink, SinkMsg};
+use agentfleet_sidecar::journal::{ExecutionRecord, Journal, reader, writer};
+use prost::Message;
 use sqlagent_standin::{JobsFile, Standin, StandinConfig, StopMode, TlsSetup};
 use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const JOBS: &str = r#"
@@ -95,6 +99,7 @@ fn ctx(id: &str, job: &str) -> (ExecutionContext, mpsc::Receiver<SinkMsg>, Cance
         params: Default::default(),
         events,
         stop: stop.clone(),
+        resume: None,
     };
     (ctx, rx, stop)
 }
@@ -108,15 +113,22 @@ async fn until_finished(rx: &mut mpsc::Receiver<SinkMsg>) -> (Vec<Kind>, Vec<Str
             .await
             .expect("no Finished within 60s")
             .expect("sink closed");
-        match msg {
-            SinkMsg::Event { kind, .. } => {
-                let done = matches!(kind, Kind::Finished(_));
-                kinds.push(kind);
-                if done {
-                    return (kinds, lines);
+        let msgs = match msg {
+            SinkMsg::Group(msgs) => msgs,
+            other => vec![other],
+        };
+        for msg in msgs {
+            match msg {
+                SinkMsg::Event { kind, .. } => {
+                    let done = matches!(kind, Kind::Finished(_));
+                    kinds.push(kind);
+                    if done {
+                        return (kinds, lines);
+                    }
                 }
+                SinkMsg::Log { line, .. } => lines.push(line.line),
+                SinkMsg::Group(_) => panic!("nested group"),
             }
-            SinkMsg::Log { line, .. } => lines.push(line.line),
         }
     }
 }
@@ -227,6 +239,214 @@ async fn agent_restart_mid_run_is_lost_and_connection_drops_are_survived() {
     s.restart_agent(StopMode::Crash);
     let (kinds, _) = until_finished(&mut rx).await;
     assert_eq!(outcome(&kinds), proto::Outcome::Lost);
+}
+
+/// Runs `id` through a real journal (writer included) with `ctx.resume` as given, until the
+/// journal holds Finished; returns the journal's events.
+async fn journaled_run(
+    backend: &SqlAgentBackend,
+    journal: &Journal,
+    id: &str,
+    reopen: bool,
+) -> Vec<Event> {
+    let (file, progress, resume) = if reopen {
+        let (file, progress) = journal.reopen(id).unwrap();
+        let state = reader::resume_state(&journal.events_path(id)).unwrap();
+        (file, progress, Some(state))
+    } else {
+        let record = ExecutionRecord {
+            execution_id: id.into(),
+            job: "ETL - Multi".into(),
+            backend: "sqlagent".into(),
+            run_id: String::new(),
+            task: String::new(),
+            attempt: 0,
+            params: Default::default(),
+            accepted_at_ms: 1,
+            supervised: false,
+        };
+        let (file, progress) = journal.create(&record).unwrap();
+        (file, progress, None)
+    };
+    let (progress_tx, mut progress_rx) = watch::channel(progress);
+    let (events, rx) = EventSink::channel(id);
+    let w = writer::spawn(file, rx, progress_tx, id.into());
+    let ctx = ExecutionContext {
+        execution_id: id.into(),
+        job: "ETL - Multi".into(),
+        params: Default::default(),
+        events,
+        stop: CancellationToken::new(),
+        resume,
+    };
+    backend.start(ctx).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        progress_rx.wait_for(|p| p.finished.is_some()),
+    )
+    .await
+    .expect("no Finished within 60s")
+    .unwrap();
+    w.await.unwrap();
+    reader::read_from(&journal.events_path(id), 0, usize::MAX)
+        .unwrap()
+        .0
+}
+
+fn step_finished(e: &Event) -> Option<&proto::StepFinished> {
+    match &e.kind {
+        Some(Kind::StepFinished(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// How the ledger is left when the sidecar "dies" with the journal holding step 1 only.
+#[derive(Debug, Clone, Copy)]
+enum LedgerAt {
+    /// Ledger ahead of the journal (step 2 read, not journaled): step 2 must not be lost.
+    Ahead,
+    /// Ledger behind the journal (step 1 journaled, cursor not saved): no repeat.
+    Behind,
+    /// The ledger says finished (outcome read), the journal lacks step 2 and Finished.
+    Finished,
+}
+
+/// kill -9 between handing history events to the sink and recording the cursor (both
+/// orders): after a restart every history row is in the journal exactly once.
+#[tokio::test]
+async fn resume_after_a_crash_journals_each_history_row_once() {
+    let s = standin().await;
+    for (n, case) in [LedgerAt::Ahead, LedgerAt::Behind, LedgerAt::Finished]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let id = format!("crash{n}");
+
+        // The first sidecar runs the job to its end.
+        let first = SqlAgentBackend::connect(&config(s.addr(), &pw), dir.path())
+            .await
+            .unwrap();
+        let all = journaled_run(&first, &journal, &id, false).await;
+        drop(first);
+        let ids: Vec<i64> = all
+            .iter()
+            .filter_map(step_finished)
+            .map(|s| s.sql_instance_id)
+            .collect();
+        assert_eq!(ids.len(), 2, "{all:?}");
+        assert!(ids[0] > 0 && ids[1] > ids[0], "{ids:?}");
+
+        // The crash: the journal keeps everything up to step 1's result ...
+        let cut = all.iter().position(|e| step_finished(e).is_some()).unwrap();
+        let len: usize = all[..=cut]
+            .iter()
+            .map(|e| {
+                let l = e.encoded_len();
+                prost::length_delimiter_len(l) + l
+            })
+            .sum();
+        let path = journal.events_path(&id);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len as u64)
+            .unwrap();
+        // ... and the ledger is left ahead of it, behind it, or finished.
+        let ledger = dir
+            .path()
+            .join("sqlagent")
+            .join("ledger")
+            .join(format!("{id}.json"));
+        let mut entry: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&ledger).unwrap()).unwrap();
+        let watermark = entry["history_watermark"].as_i64().unwrap();
+        match case {
+            LedgerAt::Ahead => {
+                entry["state"] = "started".into();
+                entry["cursor"] = ids[1].into();
+            }
+            LedgerAt::Behind => {
+                entry["state"] = "started".into();
+                entry["cursor"] = watermark.into();
+            }
+            LedgerAt::Finished => assert_eq!(entry["state"], "finished"),
+        }
+        std::fs::write(&ledger, serde_json::to_vec(&entry).unwrap()).unwrap();
+
+        // The restarted sidecar resumes the execution from its journal.
+        let second = SqlAgentBackend::connect(&config(s.addr(), &pw), dir.path())
+            .await
+            .unwrap();
+        let events = journaled_run(&second, &journal, &id, true).await;
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+        let results: Vec<(u32, u32, i64)> = events
+            .iter()
+            .filter_map(step_finished)
+            .map(|s| (s.step_id, s.attempt, s.sql_instance_id))
+            .collect();
+        assert_eq!(
+            results,
+            vec![(1, 1, ids[0]), (2, 1, ids[1])],
+            "{case:?}: {events:?}"
+        );
+        let count = |f: fn(&Kind) -> bool| {
+            events
+                .iter()
+                .filter(|e| e.kind.as_ref().is_some_and(f))
+                .count()
+        };
+        assert_eq!(count(|k| matches!(k, Kind::Started(_))), 1, "{case:?}");
+        assert_eq!(count(|k| matches!(k, Kind::Finished(_))), 1, "{case:?}");
+        let started: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(Kind::StepStarted(s)) => Some(s.step_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(started, vec![1, 2], "{case:?}: {events:?}");
+        match &events.last().unwrap().kind {
+            Some(Kind::Finished(f)) => {
+                assert_eq!(
+                    f.outcome,
+                    proto::Outcome::Succeeded as i32,
+                    "{case:?}: {f:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Each history row's lines once.
+        let mut tagged: Vec<(i64, String)> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(Kind::Logs(l)) => Some(l.lines.clone()),
+                _ => None,
+            })
+            .flatten()
+            .filter(|l| l.sql_instance_id > 0)
+            .map(|l| (l.sql_instance_id, l.line))
+            .collect();
+        let before = tagged.len();
+        assert!(
+            tagged.iter().any(|(_, l)| l.contains("loaded")),
+            "{tagged:?}"
+        );
+        tagged.sort();
+        tagged.dedup();
+        assert_eq!(tagged.len(), before, "{case:?}: a history line repeated");
+    }
+    let starts = s
+        .requests()
+        .iter()
+        .filter(|r| r.marker.as_deref() == Some("start_job"))
+        .count();
+    assert_eq!(starts, 3, "one sp_start_job per execution, none on resume");
 }
 
 /// The same start-and-follow scenario against a real SQL Server.

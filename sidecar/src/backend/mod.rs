@@ -69,6 +69,59 @@ pub struct ExecutionContext {
     pub events: EventSink,
     /// Cancelled when StopJob is called (or the sidecar shuts down for good).
     pub stop: tokio_util::sync::CancellationToken,
+    /// `Some` when `start` resumes an execution after a sidecar restart: what its journal
+    /// already holds (`None` for a new start or a repeated StartJob).
+    pub resume: Option<ResumeState>,
+}
+
+/// What an execution's journal holds, for a backend that resumes it after a restart
+/// (read from the journal by `journal::reader::resume_state`). The journal, not any
+/// backend-side record, is the truth: an event is shown once it is there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeState {
+    /// SQL Server Agent: the largest msdb history `instance_id` the journal's events come
+    /// from (0: none).
+    pub last_history_id: i64,
+    /// A StepFinished without an instance id is journaled (an older sidecar wrote it, so
+    /// `last_history_id` is incomplete: the backend falls back to its own record).
+    pub untagged_results: bool,
+    /// A Started event is in the journal.
+    pub started: bool,
+    /// The step the last step event says is running: (step_id, attempt).
+    pub open_step: Option<(u32, u32)>,
+    /// The last attempt journaled as finished, per step.
+    pub attempts: BTreeMap<u32, u32>,
+    /// The last StepFinished: step_id, status (proto `StepStatus`), end (Unix ms).
+    pub last_finished: Option<(u32, i32, i64)>,
+}
+
+impl ResumeState {
+    /// Folds one journaled event in (in journal order).
+    pub fn observe(&mut self, kind: &proto::event::Kind) {
+        use proto::event::Kind;
+        match kind {
+            Kind::Started(_) => self.started = true,
+            Kind::StepStarted(s) => self.open_step = Some((s.step_id, s.attempt)),
+            Kind::StepFinished(s) => {
+                self.open_step = None;
+                let a = self.attempts.entry(s.step_id).or_default();
+                *a = (*a).max(s.attempt);
+                let end = s.started_at_ms + i64::try_from(s.duration_ms).unwrap_or(0);
+                self.last_finished = Some((s.step_id, s.status, end));
+                if s.sql_instance_id > 0 {
+                    self.last_history_id = self.last_history_id.max(s.sql_instance_id);
+                } else {
+                    self.untagged_results = true;
+                }
+            }
+            Kind::Logs(l) => {
+                for line in &l.lines {
+                    self.last_history_id = self.last_history_id.max(line.sql_instance_id);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What a supervisor process needs to run one command job (written as `job.json`).

@@ -6,7 +6,7 @@
 //! | supervised, lock held | its supervisor is alive: re-attach (follow the journal; it holds a slot) |
 //! | supervised, lock free, no Started | it never started: Finished{LOST, "…it was not started"} |
 //! | supervised, lock free, Started | its supervisor died with it (machine restart?): Finished{LOST} |
-//! | in-process, backend resumes | `start` again with the same id, the journal continued (SQL Server Agent: the ledger makes it a re-attach, never a second `sp_start_job`) |
+//! | in-process, backend resumes | `start` again with the same id and `ExecutionContext::resume` read from the journal, the journal continued (SQL Server Agent: the ledger makes it a re-attach, never a second `sp_start_job`; the journal's last history row is where it continues, so no row is lost or shown twice) |
 //! | in-process, otherwise | nothing runs it any more: Finished{LOST} |
 //!
 //! A supervised execution whose lock is free is closed while holding the lock, so a late
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::supervised::recovery_message;
 use super::{Entry, Registry, RegistryError};
-use crate::backend::{Backend, BackendError, ExecutionContext};
+use crate::backend::{Backend, BackendError, ExecutionContext, ResumeState};
 use crate::events::EventSink;
 use crate::journal::{Journal, JournalError, Loaded, writer};
 use crate::supervisor::ExecutionLock;
@@ -37,8 +37,8 @@ enum Plan {
     Keep,
     /// Supervisor alive: follow from this offset.
     Reattach(u64),
-    /// Resume on this backend (journal reopened for the writer).
-    Resume(Arc<dyn Backend>, writer::EventFile),
+    /// Resume on this backend (journal reopened for the writer, and what it holds).
+    Resume(Arc<dyn Backend>, writer::EventFile, ResumeState),
 }
 
 impl Registry {
@@ -60,9 +60,9 @@ impl Registry {
                     reattached += 1;
                     self.follow(entry, offset, None);
                 }
-                Plan::Resume(backend, file) => {
+                Plan::Resume(backend, file, state) => {
                     resumed += 1;
-                    self.resume(entry, backend, file);
+                    self.resume(entry, backend, file, state);
                 }
             }
         }
@@ -102,8 +102,20 @@ impl Registry {
             .cloned();
         match backend {
             Some(backend) => {
-                let (file, progress) = blocking(move || journal.reopen(&id)).await?;
-                Ok((Plan::Resume(backend, file), progress))
+                let (file, progress, state) = blocking(move || {
+                    let (file, progress) = journal.reopen(&id)?;
+                    let path = journal.events_path(&id);
+                    let state = crate::journal::reader::resume_state(&path).map_err(|source| {
+                        JournalError::Io {
+                            action: "read",
+                            path,
+                            source,
+                        }
+                    })?;
+                    Ok((file, progress, state))
+                })
+                .await?;
+                Ok((Plan::Resume(backend, file, state), progress))
             }
             None => {
                 let p = blocking(move || journal.close_lost(&id, NOT_RESUMABLE)).await?;
@@ -115,7 +127,13 @@ impl Registry {
     /// Calls `backend.start` again for an execution that was running before the restart;
     /// its events continue the journal. An unavailable backend is retried until the
     /// sidecar shuts down; any other refusal ends the execution as LOST.
-    fn resume(&self, entry: Arc<Entry>, backend: Arc<dyn Backend>, file: writer::EventFile) {
+    fn resume(
+        &self,
+        entry: Arc<Entry>,
+        backend: Arc<dyn Backend>,
+        file: writer::EventFile,
+        state: ResumeState,
+    ) {
         let id = entry.record.execution_id.clone();
         let (sink, rx) = EventSink::channel(&id);
         let detach = entry.detach.clone().unwrap_or_default();
@@ -135,6 +153,7 @@ impl Registry {
                     params: entry.record.params.clone(),
                     events: sink.clone(),
                     stop: entry.stop.clone(),
+                    resume: Some(state.clone()),
                 };
                 match backend.start(ctx).await {
                     Ok(()) => return,

@@ -115,6 +115,28 @@ pub fn scan(path: &Path) -> Result<Scan, JournalError> {
     })
 }
 
+/// What a backend resuming the execution needs to know of its journal (blocking; the
+/// whole file is read once, in bounded chunks).
+pub fn resume_state(path: &Path) -> std::io::Result<crate::backend::ResumeState> {
+    let mut state = crate::backend::ResumeState::default();
+    let mut offset = 0;
+    loop {
+        let (events, next) = match read_from(path, offset, READ_BUDGET) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(state),
+            other => other?,
+        };
+        if events.is_empty() {
+            return Ok(state);
+        }
+        for e in &events {
+            if let Some(kind) = &e.kind {
+                state.observe(kind);
+            }
+        }
+        offset = next;
+    }
+}
+
 /// Reads whole records from `offset`, about `budget` bytes of them; returns them and the
 /// offset after the last one. A record still being written is left for the next call.
 pub fn read_from(path: &Path, offset: u64, budget: usize) -> std::io::Result<(Vec<Event>, u64)> {

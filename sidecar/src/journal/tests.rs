@@ -223,3 +223,98 @@ async fn load_record_without_events_gets_accepted_and_lost() {
     journal.remove("e5").unwrap();
     assert!(journal.load_all().unwrap().is_empty());
 }
+
+fn row_group(instance_id: i64, step_id: u32, lines: &[&str]) -> Vec<crate::events::SinkMsg> {
+    let mut g: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            crate::events::SinkMsg::log_now(step_id, LogStream::Agent, (*l).into(), instance_id)
+        })
+        .collect();
+    g.push(crate::events::SinkMsg::Event {
+        ts_ms: 5,
+        kind: Kind::StepFinished(proto::StepFinished {
+            step_id,
+            attempt: 1,
+            status: proto::StepStatus::Succeeded as i32,
+            sql_instance_id: instance_id,
+            ..Default::default()
+        }),
+    });
+    g
+}
+
+/// History rows (SQL Server Agent): the journal records the largest instance id, the
+/// reopened journal's `resume_state` says where to continue, and a row at or below it
+/// is never journaled again, even when a resumed backend sends it.
+#[tokio::test]
+async fn history_rows_are_journaled_once_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (sink, progress, writer) = start(&journal, "h1");
+    sink.emit(Kind::Started(proto::Started { step_count: 2 }))
+        .await;
+    sink.group(row_group(10, 1, &["a", "b"])).await;
+    drop(sink);
+    // The writer journals Finished{LOST} for the dropped sink: cut it off again (the
+    // state a kill -9 leaves).
+    writer.await.unwrap();
+    let all = reader::read_from(&journal.events_path("h1"), 0, usize::MAX)
+        .unwrap()
+        .0;
+    let keep: usize = all[..all.len() - 1]
+        .iter()
+        .map(|e| prost::length_delimiter_len(e.encoded_len()) + e.encoded_len())
+        .sum();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(journal.events_path("h1"))
+        .unwrap()
+        .set_len(keep as u64)
+        .unwrap();
+    assert_eq!(progress.borrow().last_history_id, 10);
+
+    let (file, p) = journal.reopen("h1").unwrap();
+    assert_eq!(p.last_history_id, 10);
+    let state = reader::resume_state(&journal.events_path("h1")).unwrap();
+    assert_eq!(state.last_history_id, 10);
+    assert!(state.started && !state.untagged_results);
+    assert_eq!(state.attempts.get(&1), Some(&1));
+    assert_eq!(state.open_step, None);
+
+    let (tx, _) = watch::channel(p);
+    let (sink, rx) = EventSink::channel("h1");
+    let writer = writer::spawn(file, rx, tx.clone(), "h1".into());
+    // A resumed backend that went back too far: rows 10 (again) and 12.
+    sink.emit(Kind::Started(proto::Started { step_count: 2 }))
+        .await;
+    let mut g = row_group(10, 1, &["a", "b"]);
+    g.extend(row_group(12, 2, &["c", "d"]));
+    sink.group(g).await;
+    sink.emit(finished(proto::Outcome::Succeeded)).await;
+    writer.await.unwrap();
+    let events = collect(&journal, "h1", 0, &tx).await;
+    let rows: Vec<i64> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::StepFinished(s)) => Some(s.sql_instance_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows, vec![10, 12]);
+    let lines: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Logs(l)) => Some(l.lines.iter().map(|l| l.line.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(lines, vec!["a", "b", "c", "d"]);
+    let started = events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(Kind::Started(_))))
+        .count();
+    assert_eq!(started, 1);
+    assert_eq!(tx.borrow().last_history_id, 12);
+}

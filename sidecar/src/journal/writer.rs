@@ -13,6 +13,13 @@
 //! A journal holds at most one Started event: a backend that re-attaches to a running job
 //! after a sidecar restart (SQL Server Agent) reports Started again, and the writer, which
 //! continues the existing journal, drops the repeat.
+//!
+//! SQL Server Agent history rows: a `SinkMsg::Group` is journaled in one append, and its
+//! events carry the msdb `instance_id` of the row they come from (`StepFinished`,
+//! `LogLine`). The writer never journals a row at or below `Progress::last_history_id`
+//! (the largest one already on disk) again, so a backend resuming from an older position
+//! cannot show a row twice; the backend itself resumes from that same position (see
+//! `backend::sqlagent::follower`).
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -85,6 +92,12 @@ impl EventFile {
     }
 }
 
+/// What the journal already holds that must not be journaled twice.
+struct Seen {
+    started: bool,
+    history: i64,
+}
+
 /// Events gathered from the channel, ready to be written together.
 struct Batch<'a> {
     execution_id: &'a str,
@@ -126,13 +139,40 @@ impl<'a> Batch<'a> {
         self.next_seq += 1;
     }
 
-    /// Adds one message; a second Started event (see the module docs) is dropped.
-    fn push(&mut self, msg: SinkMsg, started: &mut bool) {
+    /// Adds one message; a second Started event and events of history rows already
+    /// journaled (see the module docs) are dropped.
+    fn push(&mut self, msg: SinkMsg, seen: &mut Seen) {
+        let floor = seen.history;
+        self.push_above(msg, seen, floor);
+    }
+
+    /// `push`, dropping history-row events at or below `floor` (the position before the
+    /// message: the lines of one row share its id).
+    fn push_above(&mut self, msg: SinkMsg, seen: &mut Seen, floor: i64) {
+        let tag = match &msg {
+            SinkMsg::Event {
+                kind: Kind::StepFinished(s),
+                ..
+            } => s.sql_instance_id,
+            SinkMsg::Log { line, .. } => line.sql_instance_id,
+            _ => 0,
+        };
+        if tag > 0 {
+            if tag <= floor {
+                return;
+            }
+            seen.history = seen.history.max(tag);
+        }
         match msg {
+            SinkMsg::Group(msgs) => {
+                for m in msgs {
+                    self.push_above(m, seen, floor);
+                }
+            }
             SinkMsg::Event {
                 kind: Kind::Started(_),
                 ..
-            } if *started => {}
+            } if seen.started => {}
             SinkMsg::Log { ts_ms, line } => {
                 if self.lines.is_empty() {
                     self.lines_ts = ts_ms;
@@ -147,7 +187,7 @@ impl<'a> Batch<'a> {
                 }
             }
             SinkMsg::Event { ts_ms, kind } => {
-                *started |= matches!(kind, Kind::Started(_));
+                seen.started |= matches!(kind, Kind::Started(_));
                 self.flush_lines();
                 self.bytes += 64;
                 self.push_event(ts_ms, kind);
@@ -203,7 +243,13 @@ pub async fn run_detachable(
     execution_id: String,
     detach: CancellationToken,
 ) {
-    let mut started = progress.borrow().started;
+    let mut seen = {
+        let p = progress.borrow();
+        Seen {
+            started: p.started,
+            history: p.last_history_id,
+        }
+    };
     loop {
         let mut batch = Batch::new(&execution_id, file.next_seq());
         let first = tokio::select! {
@@ -213,7 +259,7 @@ pub async fn run_detachable(
         };
         let detaching = first.is_none();
         match first {
-            Some(Some(msg)) => batch.push(msg, &mut started),
+            Some(Some(msg)) => batch.push(msg, &mut seen),
             Some(None) => {
                 // The backend dropped its sink without a Finished event (a bug, or the
                 // sidecar is going down): say so rather than leave watchers hanging.
@@ -233,7 +279,7 @@ pub async fn run_detachable(
         // writes; when the channel is momentarily empty, write at once (low latency).
         while !batch.finished && (detaching || batch.bytes < MAX_BATCH_BYTES) {
             match rx.try_recv() {
-                Ok(msg) => batch.push(msg, &mut started),
+                Ok(msg) => batch.push(msg, &mut seen),
                 Err(_) => break,
             }
         }

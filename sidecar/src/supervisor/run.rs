@@ -85,6 +85,7 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
         params: record.params.clone(),
         events: sink.clone(),
         stop,
+        resume: None,
     };
     if let Err(e) = backend.start(ctx).await {
         tracing::warn!(execution_id = %id, error = %e, "job failed to start");

@@ -147,6 +147,7 @@ pub(crate) async fn drive(
                 started_at_ms,
                 sql_message_id: 0,
                 sql_severity: 0,
+                sql_instance_id: 0,
             }))
             .await;
             if let AttemptEnd::Canceled(_) = end {

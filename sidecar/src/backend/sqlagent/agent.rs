@@ -1,5 +1,12 @@
 //! `SqlAgentBackend`: lists SQL Server Agent jobs and starts them with the start handshake
 //! (pre-read, ledger, start batch), handing each run to the poller.
+//!
+//! Resuming after a sidecar restart (`ExecutionContext::resume`): the ledger decides that
+//! the run is re-attached (never a second `sp_start_job`); the journal decides where its
+//! history continues (the largest `instance_id` its events carry), because only what the
+//! journal holds was shown. A ledger that says Finished while the journal lacks some of
+//! the run's rows (a crash before they were journaled) has the run followed again from
+//! the journal, so its last steps and outcome are journaled, once. See `follower`.
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -267,6 +274,18 @@ impl SqlAgentBackend {
             agentfleet_common::now_ms(),
         );
         tracker.cursor = entry.cursor.max(entry.history_watermark);
+        if let Some(r) = &ctx.resume {
+            // The journal is the truth; the ledger's cursor only for an older journal
+            // whose step results carry no history ids.
+            let cursor = if r.untagged_results {
+                tracker.cursor
+            } else {
+                i32::try_from(r.last_history_id)
+                    .unwrap_or(i32::MAX)
+                    .max(entry.history_watermark)
+            };
+            tracker.restore(cursor, r);
+        }
         self.busy
             .lock()
             .expect("busy lock")
@@ -355,9 +374,13 @@ impl SqlAgentBackend {
 
     /// StartJob for an execution id the ledger already knows (a repeated call, or a resume
     /// after a sidecar restart): never starts the job again.
-    async fn resume(&self, entry: Entry, ctx: ExecutionContext) -> Result<(), BackendError> {
+    async fn resume(&self, mut entry: Entry, ctx: ExecutionContext) -> Result<(), BackendError> {
         let job_id = Uuid::parse_str(&entry.job_id)
             .map_err(|e| BackendError::Internal(format!("bad ledger entry: {e}")))?;
+        if entry.state == ledger::State::Finished && journal_behind(&entry, &ctx) {
+            tracing::info!(execution_id = %ctx.execution_id, "the ledger says finished but the journal lacks the run's last history rows; following them again");
+            entry.state = ledger::State::Started;
+        }
         if self.busy.lock().expect("busy lock").contains(&job_id)
             && entry.state != ledger::State::Finished
         {
@@ -395,6 +418,15 @@ impl SqlAgentBackend {
         self.follow_entry(&entry, job, ctx);
         Ok(())
     }
+}
+
+/// The execution is being resumed and its journal has not got the history rows up to the
+/// ledger's cursor (they were read, but the sidecar died before they were journaled).
+fn journal_behind(entry: &Entry, ctx: &ExecutionContext) -> bool {
+    ctx.resume.as_ref().is_some_and(|r| {
+        !r.untagged_results
+            && i64::from(entry.cursor) > r.last_history_id.max(entry.history_watermark.into())
+    })
 }
 
 fn parse_time(t: &Option<String>) -> Option<NaiveDateTime> {

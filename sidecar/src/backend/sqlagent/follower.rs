@@ -1,6 +1,16 @@
 //! The one poller task per server: one `poll` batch per tick for all tracked executions,
 //! events to each execution's sink, stop requests, and the bounds that keep an execution
 //! from hanging (stop not confirmed, connection gone for too long).
+//!
+//! Exactly-once history across sidecar restarts: the journal is the only record of how far
+//! an execution's msdb history was read. Each tick's events are sent to the sink as one
+//! `SinkMsg::Group` (journaled in one append), and the events a history row yields carry
+//! its `instance_id`; after a restart the backend resumes after the largest id in the
+//! journal (`ExecutionContext::resume`), whatever the ledger says, and the journal writer
+//! drops any row at or below it. A kill -9 therefore leaves each row either wholly in the
+//! journal (not read again) or not at all (read again): never lost, never shown twice.
+//! The ledger's `cursor`, still saved here once a tick's events are handed over, is only
+//! a fallback for journals written before events carried the id.
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +29,7 @@ use super::poll::{next_interval, poll};
 use super::queries;
 use super::rows::ProcResult;
 use super::tracker::{LiveView, Observation, Out, Tracker};
-use crate::events::EventSink;
+use crate::events::{EventSink, SinkMsg};
 
 /// After a stop request, how long to wait for the Agent's outcome row.
 pub const STOP_BOUND: Duration = Duration::from_secs(60);
@@ -219,9 +229,11 @@ fn add(followed: &mut HashMap<String, Followed>, f: Follow, wake: &Arc<Notify>) 
     );
 }
 
-/// Sends a tick's output to the execution's sink, and tails the open step's output file.
+/// Sends a tick's output to the execution's sink as one group (see the module docs), and
+/// tails the open step's output file.
 async fn deliver(x: &mut Followed, outs: Vec<Out>) {
     let sink = &x.f.sink;
+    let mut group = Vec::with_capacity(outs.len());
     for o in outs {
         match o {
             Out::Event { ts_ms, kind } => {
@@ -230,17 +242,27 @@ async fn deliver(x: &mut Followed, outs: Vec<Out>) {
                 {
                     if step as u32 == sf.step_id {
                         for line in tail.read_new(true) {
-                            sink.log(sf.step_id, LogStream::Stdout, line).await;
+                            group.push(SinkMsg::log_now(sf.step_id, LogStream::Stdout, line, 0));
                         }
                     } else {
                         x.tail = Some((step, tail));
                     }
                 }
-                sink.emit_at(ts_ms, kind).await;
+                group.push(SinkMsg::Event { ts_ms, kind });
             }
-            Out::Log { step_id, line } => sink.log(step_id, LogStream::Agent, line).await,
+            Out::Log {
+                step_id,
+                line,
+                sql_instance_id,
+            } => group.push(SinkMsg::log_now(
+                step_id,
+                LogStream::Agent,
+                line,
+                sql_instance_id,
+            )),
         }
     }
+    sink.group(group).await;
     if let Some((step, attempt)) = x.f.tracker.open_step() {
         let _ = attempt;
         if x.tail.as_ref().is_none_or(|(s, _)| *s != step) {

@@ -4,6 +4,10 @@
 //! A run is the job's history rows after the start watermark, up to and including the first
 //! outcome row (`step_id = 0`). Rows are consumed in `instance_id` order before anything
 //! else in a tick, so a run that finished between two polls is still reported fully.
+//!
+//! Every event a history row yields carries the row's `instance_id` (`StepFinished` and
+//! log lines: `sql_instance_id`), so the journal itself records how far history was read;
+//! after a sidecar restart `restore` continues from there (see `follower`).
 use std::collections::HashMap;
 
 use agentfleet_common::proto::{self, event::Kind};
@@ -15,8 +19,16 @@ use super::rows::{Activity, Heartbeat, History, JobDef, Live};
 /// What a tick produced, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Out {
-    Event { ts_ms: i64, kind: Kind },
-    Log { step_id: u32, line: String },
+    Event {
+        ts_ms: i64,
+        kind: Kind,
+    },
+    /// `sql_instance_id`: the history row the line comes from (0: none).
+    Log {
+        step_id: u32,
+        line: String,
+        sql_instance_id: i64,
+    },
 }
 
 /// The Agent's live view, if the poll could read it.
@@ -89,6 +101,25 @@ impl Tracker {
             finished: None,
             changed: false,
         }
+    }
+
+    /// Continues after a sidecar restart from what the journal holds: history after
+    /// `cursor`, and the step state its events describe (so a step already shown as
+    /// started, or an attempt already counted, is not shown again).
+    pub fn restore(&mut self, cursor: i32, r: &crate::backend::ResumeState) {
+        self.cursor = cursor;
+        self.started = r.started;
+        self.open_step = r.open_step.map(|(s, a)| (s as i32, a));
+        self.attempts = r.attempts.iter().map(|(s, a)| (*s as i32, *a)).collect();
+        self.last_row = r.last_finished.map(|(step, status, end)| {
+            let run_status = match proto::StepStatus::try_from(status) {
+                Ok(proto::StepStatus::Succeeded) => 1,
+                Ok(proto::StepStatus::Retry) => 2,
+                Ok(proto::StepStatus::Canceled) => 3,
+                _ => 0,
+            };
+            (step as i32, run_status, end)
+        });
     }
 
     pub fn is_started(&self) -> bool {
@@ -167,7 +198,7 @@ impl Tracker {
             let step = row.step_id.max(0) as u32;
             if row.step_id == 0 {
                 if row.run_status == 4 {
-                    push_lines(&mut out, 0, &row.message);
+                    push_lines(&mut out, 0, &row.message, row.instance_id);
                     continue;
                 }
                 let outcome = match row.run_status {
@@ -191,11 +222,12 @@ impl Tracker {
                             status: status as i32,
                             message: "SQL Server Agent recorded no result for this step".into(),
                             attempt,
+                            sql_instance_id: row.instance_id.into(),
                             ..Default::default()
                         }),
                     });
                 }
-                push_lines(&mut out, 0, &row.message);
+                push_lines(&mut out, 0, &row.message, row.instance_id);
                 self.finished = Some(outcome);
                 out.push(Out::Event {
                     ts_ms: end_ms,
@@ -208,7 +240,7 @@ impl Tracker {
             }
             if row.run_status == 4 {
                 // "In progress" rows are rare (replication agents): log only.
-                push_lines(&mut out, step, &row.message);
+                push_lines(&mut out, step, &row.message, row.instance_id);
                 continue;
             }
             let attempt = self.attempts.get(&row.step_id).copied().unwrap_or(0) + 1;
@@ -224,7 +256,7 @@ impl Tracker {
                 });
             }
             self.open_step = None;
-            push_lines(&mut out, step, &row.message);
+            push_lines(&mut out, step, &row.message, row.instance_id);
             out.push(Out::Event {
                 ts_ms: end_ms,
                 kind: Kind::StepFinished(proto::StepFinished {
@@ -237,6 +269,7 @@ impl Tracker {
                     started_at_ms: start_ms,
                     sql_message_id: row.sql_message_id,
                     sql_severity: row.sql_severity,
+                    sql_instance_id: row.instance_id.into(),
                 }),
             });
             self.attempts.insert(row.step_id, attempt);
@@ -331,7 +364,7 @@ impl Tracker {
             && obs.now_ms - self.created_ms > HANDSHAKE_NOTE_MS
         {
             self.handshake_noted = true;
-            out.push(Out::Log { step_id: 0, line: "SQL Server Agent accepted the start but has not begun the job yet (waiting for a worker thread?)".into() });
+            out.push(Out::Log { step_id: 0, line: "SQL Server Agent accepted the start but has not begun the job yet (waiting for a worker thread?)".into(), sql_instance_id: 0 });
         }
         if !out.is_empty() {
             self.changed = true;
@@ -373,11 +406,12 @@ fn step_status(run_status: i32) -> proto::StepStatus {
     }
 }
 
-fn push_lines(out: &mut Vec<Out>, step_id: u32, message: &str) {
+fn push_lines(out: &mut Vec<Out>, step_id: u32, message: &str, instance_id: i32) {
     for line in message.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
         out.push(Out::Log {
             step_id,
             line: line.to_string(),
+            sql_instance_id: instance_id.into(),
         });
     }
 }

@@ -77,6 +77,7 @@ impl Recorder {
                 .collect(),
             events,
             stop: stop.clone(),
+            resume: None,
         };
         let recorder = Self {
             rx,
@@ -95,6 +96,7 @@ impl Recorder {
             .expect("the execution stalled");
         match msg {
             Some(SinkMsg::Log { line, .. }) => self.logs.push(line),
+            Some(SinkMsg::Group(_)) => panic!("command jobs send no groups"),
             Some(SinkMsg::Event { ts_ms, kind }) => {
                 if matches!(kind, Kind::Finished(_)) {
                     assert!(!self.finished, "a second Finished event");
