@@ -7,8 +7,11 @@ use serde::Serialize;
 /// One thing that happened in a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunEvent {
-    /// RFC 3339 UTC, e.g. "2026-11-25T18:14:04.123Z".
-    pub ts: String,
+    /// When it happened, Unix ms UTC; serialized as `ts`, RFC 3339 UTC
+    /// ("2026-11-25T18:14:04.123Z"), formatted only when written (not per event on the hot
+    /// path of a million log lines).
+    #[serde(rename = "ts", serialize_with = "serialize_rfc3339")]
+    pub ts_ms: i64,
     pub run_id: String,
     #[serde(flatten)]
     pub kind: RunEventKind,
@@ -17,11 +20,15 @@ pub struct RunEvent {
 impl RunEvent {
     pub fn new(run_id: &str, ts_ms: i64, kind: RunEventKind) -> Self {
         Self {
-            ts: rfc3339(ts_ms),
+            ts_ms,
             run_id: run_id.to_owned(),
             kind,
         }
     }
+}
+
+fn serialize_rfc3339<S: serde::Serializer>(ts_ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ts_ms))
 }
 
 /// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.

@@ -112,7 +112,7 @@ mod tests {
         let objects = parse(&reporter.into_inner());
         assert_eq!(objects.len(), events.len());
         for (obj, ev) in objects.iter().zip(&events) {
-            assert_eq!(obj["ts"], ev.ts.as_str());
+            assert_eq!(obj["ts"], crate::events::rfc3339(ev.ts_ms).as_str());
             assert_eq!(obj["run_id"], "r1");
             // Round trip: what we wrote is exactly the event's serialization.
             assert_eq!(*obj, serde_json::to_value(ev).unwrap());

@@ -262,9 +262,7 @@ impl OtelReporter {
 
 impl Reporter for OtelReporter {
     fn event(&mut self, ev: &RunEvent) {
-        let ts_ms = chrono::DateTime::parse_from_rfc3339(&ev.ts)
-            .map(|t| t.timestamp_millis())
-            .unwrap_or_else(|_| agentfleet_common::now_ms());
+        let ts_ms = ev.ts_ms;
         if self.run_id.is_empty() {
             // A re-attached run may not start with RunStarted.
             self.run_id = ev.run_id.clone();

@@ -181,22 +181,20 @@ impl<W: Write + Send> PlainReporter<W> {
         step_label(step, self.step_counts.get(&at.execution_id).copied())
     }
 
-    fn timestamp(&self, ts: &str) -> String {
-        match chrono::DateTime::parse_from_rfc3339(ts) {
-            Ok(t) => match self.clock {
-                Clock::Local => t.with_timezone(&chrono::Local).format("%H:%M:%S%.3f"),
-                Clock::Utc => t.with_timezone(&chrono::Utc).format("%H:%M:%S%.3f"),
-            }
-            .to_string(),
-            Err(_) => ts.to_owned(),
+    fn timestamp(&self, ts_ms: i64) -> String {
+        let t = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap_or_default();
+        match self.clock {
+            Clock::Local => t.with_timezone(&chrono::Local).format("%H:%M:%S%.3f"),
+            Clock::Utc => t.format("%H:%M:%S%.3f"),
         }
+        .to_string()
     }
 }
 
 impl<W: Write + Send> Reporter for PlainReporter<W> {
     fn event(&mut self, ev: &RunEvent) {
         let Some(text) = self.text(ev) else { return };
-        let mut line = format!("{} {text}\n", self.timestamp(&ev.ts));
+        let mut line = format!("{} {text}\n", self.timestamp(ev.ts_ms));
         if let RunEventKind::RunFinished {
             summary,
             duration_ms: ms,

@@ -17,9 +17,7 @@ pub const RUN_RUNNING: &str = "running";
 
 /// The event's `ts` as Unix milliseconds (it was made from them, so this round-trips).
 pub fn ts_ms(ev: &RunEvent) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(&ev.ts)
-        .map(|t| t.timestamp_millis())
-        .unwrap_or_else(|_| agentfleet_common::now_ms())
+    ev.ts_ms
 }
 
 /// The `type` of the event's `--json` object.
