@@ -2,21 +2,22 @@
 //! test double that simulates SQL Server Agent; it is not SQL Server), or a real SQL Server
 //! when `AGENTFLEET_TEST_MSSQL` holds an ADO connection string. Also a coordinator run whose
 //! `--json` events can be waited on while it runs, for scenarios that act mid-run.
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::background::BackgroundCoordinator;
 use crate::binaries;
 use crate::coordinator::CoordinatorOutput;
 use crate::env::TestEnv;
 use crate::files::toml_str;
 use crate::process;
-use crate::sidecar::clean_env;
 
 /// The ADO connection string of a real SQL Server (with Agent and the sample jobs of
 /// `docker/sql/init.sql`); when set, scenarios run against it instead of the stand-in.
@@ -253,56 +254,19 @@ impl SqlTarget {
 }
 
 /// A `coordinator run PLAN --fleet FLEET --json` still running: its events can be awaited.
-pub struct LiveRun {
-    command: String,
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    stdout: String,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
+pub struct LiveRun(BackgroundCoordinator);
 
 impl LiveRun {
     /// Spawns the run in the test's directory with its `AGENTFLEET_HOME`.
     pub fn spawn(env: &TestEnv, plan: &Path, fleet: &Path) -> Self {
-        let mut cmd = Command::new(binaries::binary("coordinator"));
-        cmd.arg("run")
-            .arg(plan)
-            .arg("--fleet")
-            .arg(fleet)
-            .arg("--json")
-            .current_dir(env.path());
-        clean_env(&mut cmd);
-        cmd.env("AGENTFLEET_HOME", env.path().join("home"))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let command = format!("{cmd:?}");
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("failed to spawn {command}: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-            text
-        });
-        Self {
-            command,
-            child: Some(child),
-            lines,
-            stdout: String::new(),
-            stderr: Some(stderr),
-        }
+        let args = [
+            OsStr::new("run"),
+            plan.as_os_str(),
+            OsStr::new("--fleet"),
+            fleet.as_os_str(),
+            OsStr::new("--json"),
+        ];
+        Self(BackgroundCoordinator::spawn(env, args))
     }
 
     /// Waits for the first event (from the start of the run) that matches `pred`.
@@ -312,76 +276,12 @@ impl LiveRun {
         what: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let mut seen = self
-            .stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok());
-        if let Some(found) = seen.find(&pred) {
-            return found;
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.stdout.push_str(&line);
-                    self.stdout.push('\n');
-                    if let Ok(v) = serde_json::from_str::<Value>(&line)
-                        && pred(&v)
-                    {
-                        return v;
-                    }
-                }
-                Err(e) => {
-                    let out = self.finish(Duration::ZERO);
-                    panic!("waiting for {what} ({e:?}, within {timeout:?}):\n{out}");
-                }
-            }
-        }
+        self.0.wait_for_event(timeout, what, pred)
     }
 
     /// Waits (bounded) for the run to end; kills it after `timeout`.
     pub fn finish(&mut self, timeout: Duration) -> CoordinatorOutput {
-        let mut child = self.child.take().expect("finish is called once");
-        let deadline = Instant::now() + timeout;
-        let mut timed_out = false;
-        let status = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                timed_out = true;
-                let _ = child.kill();
-                break child.wait().expect("wait for the killed coordinator");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The reader thread ends at EOF, once the process is gone.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.stdout.push_str(&line);
-            self.stdout.push('\n');
-        }
-        let stderr = self
-            .stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        CoordinatorOutput {
-            command: self.command.clone(),
-            status,
-            stdout: std::mem::take(&mut self.stdout),
-            stderr,
-            timed_out,
-        }
-    }
-}
-
-impl Drop for LiveRun {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.finish(timeout)
     }
 }
 
