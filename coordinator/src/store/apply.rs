@@ -1,9 +1,12 @@
 //! How one `RunEvent` changes the store's tables. Called by the writer inside its batch
 //! transaction; every statement is cached, so a batch of log lines costs one prepared
 //! INSERT executed per line.
+use std::collections::HashMap;
+
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Transaction, params};
 
-use crate::events::{RunEvent, RunEventKind, TaskOutcome};
+use crate::events::{At, RunEvent, RunEventKind, TaskOutcome};
 
 /// A task's status while it has not finished (its final status is a `TaskOutcome`).
 pub const TASK_WAITING: &str = "waiting";
@@ -35,8 +38,90 @@ pub fn type_name(kind: &RunEventKind) -> &'static str {
     }
 }
 
+/// The integer keys a log line is written with, resolved once per execution and kept by
+/// the writer. Ids are only cached after being read inside the writer's transaction, so a
+/// batch that fails must [`clear`](Self::clear) them (its inserts were rolled back).
+#[derive(Default)]
+pub struct LogKeys {
+    /// Per execution id: the run id, task and attempt its keys were resolved for, and the
+    /// `log_runs` and `log_sources` ids.
+    sources: HashMap<String, Source>,
+}
+
+struct Source {
+    run_id: String,
+    task: String,
+    attempt: u32,
+    run: i64,
+    src: i64,
+}
+
+impl LogKeys {
+    pub fn clear(&mut self) {
+        self.sources.clear();
+    }
+
+    /// `(log_runs.id, log_sources.id)` for a line of `at` in `run_id`.
+    fn resolve(
+        &mut self,
+        tx: &Transaction<'_>,
+        run_id: &str,
+        at: &At,
+    ) -> rusqlite::Result<(i64, i64)> {
+        if let Some(s) = self.sources.get(at.execution_id.as_str())
+            && s.run_id == run_id
+            && s.task == at.task
+            && s.attempt == at.attempt
+        {
+            return Ok((s.run, s.src));
+        }
+        tx.prepare_cached("INSERT INTO log_runs (run_id) VALUES (?1) ON CONFLICT DO NOTHING")?
+            .execute(params![run_id])?;
+        let run: i64 = tx
+            .prepare_cached("SELECT id FROM log_runs WHERE run_id = ?1")?
+            .query_row(params![run_id], |r| r.get(0))?;
+        tx.prepare_cached(
+            "INSERT INTO log_sources (run, execution_id, task, attempt) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![run, at.execution_id, at.task, at.attempt])?;
+        let src: i64 = tx
+            .prepare_cached(
+                "SELECT id FROM log_sources
+                 WHERE run = ?1 AND execution_id = ?2 AND task = ?3 AND attempt = ?4",
+            )?
+            .query_row(params![run, at.execution_id, at.task, at.attempt], |r| {
+                r.get(0)
+            })?;
+        self.sources.insert(
+            at.execution_id.clone(),
+            Source {
+                run_id: run_id.to_owned(),
+                task: at.task.clone(),
+                attempt: at.attempt,
+                run,
+                src,
+            },
+        );
+        Ok((run, src))
+    }
+}
+
+/// How `logs.stream` keeps a stream: a small code for the usual two, else its text.
+pub fn stream_code(stream: &str) -> ToSqlOutput<'_> {
+    match stream {
+        "stdout" => ToSqlOutput::Owned(Value::Integer(1)),
+        "stderr" => ToSqlOutput::Owned(Value::Integer(2)),
+        other => ToSqlOutput::Borrowed(ValueRef::Text(other.as_bytes())),
+    }
+}
+
+/// SQL that turns `logs.stream` (of a `logs l`) back into its text.
+pub const STREAM_TEXT: &str =
+    "CASE l.stream WHEN 1 THEN 'stdout' WHEN 2 THEN 'stderr' ELSE l.stream END";
+
 /// Writes `ev` (anything but `ExecutionSeq`, which the writer handles itself).
-pub fn apply(tx: &Transaction<'_>, ev: &RunEvent) -> rusqlite::Result<()> {
+pub fn apply(tx: &Transaction<'_>, ev: &RunEvent, keys: &mut LogKeys) -> rusqlite::Result<()> {
     let ts = ts_ms(ev);
     let run = ev.run_id.as_str();
     match &ev.kind {
@@ -46,20 +131,11 @@ pub fn apply(tx: &Transaction<'_>, ev: &RunEvent) -> rusqlite::Result<()> {
             stream,
             line,
         } => {
+            let (run_key, src) = keys.resolve(tx, run, at)?;
             tx.prepare_cached(
-                "INSERT INTO logs (run_id, execution_id, task, attempt, step, stream, line, ts_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO logs (run, src, step, stream, line, ts_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![
-                run,
-                at.execution_id,
-                at.task,
-                at.attempt,
-                step,
-                stream,
-                line,
-                ts
-            ])?;
+            .execute(params![run_key, src, step, stream_code(stream), line, ts])?;
             return Ok(()); // log lines are not also kept as events
         }
         RunEventKind::ExecutionSeq { .. } => return Ok(()),

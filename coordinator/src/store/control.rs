@@ -58,7 +58,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        super::apply::apply(&tx, event)?;
+        super::apply::apply(&tx, event, &mut super::apply::LogKeys::default())?;
         tx.commit()?;
         Ok(())
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::apply::RUN_RUNNING;
+use super::apply::{RUN_RUNNING, STREAM_TEXT};
 use super::{Store, StoreError};
 
 /// Run statuses after which nothing more happens (`run_finished`'s, plus "canceled").
@@ -278,16 +278,48 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<LogRow>, StoreError> {
-        // Two statements rather than `(?3 IS NULL OR task = ?3)`, so that each uses its index.
-        let sql = if task.is_some() {
-            "SELECT id, execution_id, task, attempt, step, stream, line, ts_ms FROM logs
-             WHERE run_id = ?1 AND task = ?3 AND id > ?2 ORDER BY id LIMIT ?4"
-        } else {
-            "SELECT id, execution_id, task, attempt, step, stream, line, ts_ms FROM logs
-             WHERE run_id = ?1 AND id > ?2 AND ?3 IS NULL ORDER BY id LIMIT ?4"
+        let Some(run) = self
+            .conn
+            .prepare_cached("SELECT id FROM log_runs WHERE run_id = ?1")?
+            .query_row(params![run_id], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(Vec::new());
         };
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params![run_id, after, task, limit as i64], |r| {
+        let Some(task) = task else {
+            return self.logs_where("l.run = ?1", run, after, limit);
+        };
+        // A task's lines come from its sources (one per attempt): one range scan of
+        // `logs_src` each, merged by id.
+        let sources: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM log_sources WHERE run = ?1 AND task = ?2")?
+            .query_map(params![run, task], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut rows = Vec::new();
+        for src in sources {
+            rows.extend(self.logs_where("l.src = ?1", src, after, limit)?);
+        }
+        rows.sort_unstable_by_key(|r| r.id);
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
+    /// Up to `limit` lines matching `filter` (on `?1` = `key`) after id `after`, in order.
+    fn logs_where(
+        &self,
+        filter: &str,
+        key: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        let sql = format!(
+            "SELECT l.id, s.execution_id, s.task, s.attempt, l.step, {STREAM_TEXT}, l.line, l.ts_ms
+             FROM logs l JOIN log_sources s ON s.id = l.src
+             WHERE {filter} AND l.id > ?2 ORDER BY l.id LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![key, after, limit as i64], |r| {
             Ok(LogRow {
                 id: r.get(0)?,
                 execution_id: r.get(1)?,

@@ -17,7 +17,7 @@ use super::StoreError;
 /// Our transactions are short (one batch, ~100 ms), so this is generous.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: the first schema. Times are Unix milliseconds (UTC).
     "
     CREATE TABLE runs (
@@ -103,6 +103,55 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX logs_run ON logs (run_id, id);
     CREATE INDEX logs_run_task ON logs (run_id, task, id);
+    ",
+    // 2: compact log rows. A line names its run and its source (execution, task,
+    // attempt) by small integer keys instead of repeating three ids as text; the writer
+    // resolves the keys once per execution. `stream` is 1 (stdout) or 2 (stderr), any
+    // other stream as its text (no declared type, so neither is converted).
+    "
+    CREATE TABLE log_runs (
+        id     INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE log_sources (
+        id           INTEGER PRIMARY KEY,
+        run          INTEGER NOT NULL,
+        execution_id TEXT NOT NULL,
+        task         TEXT NOT NULL,
+        attempt      INTEGER NOT NULL,
+        UNIQUE (run, execution_id, task, attempt)
+    );
+    CREATE INDEX log_sources_task ON log_sources (run, task);
+
+    CREATE TABLE logs_v2 (
+        id     INTEGER PRIMARY KEY,
+        run    INTEGER NOT NULL,
+        src    INTEGER NOT NULL,
+        step   INTEGER NOT NULL,
+        stream NOT NULL,
+        line   TEXT NOT NULL,
+        ts_ms  INTEGER NOT NULL
+    );
+
+    INSERT INTO log_runs (run_id) SELECT DISTINCT run_id FROM logs ORDER BY run_id;
+    INSERT INTO log_sources (run, execution_id, task, attempt)
+        SELECT DISTINCT r.id, l.execution_id, l.task, l.attempt
+        FROM logs l JOIN log_runs r ON r.run_id = l.run_id;
+    INSERT INTO logs_v2 (id, run, src, step, stream, line, ts_ms)
+        SELECT l.id, s.run, s.id, l.step,
+               CASE l.stream WHEN 'stdout' THEN 1 WHEN 'stderr' THEN 2 ELSE l.stream END,
+               l.line, l.ts_ms
+        FROM logs l
+        JOIN log_runs r ON r.run_id = l.run_id
+        JOIN log_sources s ON s.run = r.id AND s.execution_id = l.execution_id
+            AND s.task = l.task AND s.attempt = l.attempt
+        ORDER BY l.id;
+    DROP TABLE logs;
+    ALTER TABLE logs_v2 RENAME TO logs;
+    -- `id` orders a run's lines (see version 1); paging a run or one source is a range
+    -- scan of one of these.
+    CREATE INDEX logs_run ON logs (run, id);
+    CREATE INDEX logs_src ON logs (src, id);
     ",
 ];
 

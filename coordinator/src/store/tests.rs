@@ -308,3 +308,81 @@ fn a_driver_on_this_host_is_found_alive_or_gone() {
         );
     }
 }
+
+#[test]
+fn a_version_1_store_is_upgraded_and_reads_its_logs_back_the_same() {
+    let (_dir, home) = temp_home();
+    std::fs::create_dir_all(&home).unwrap();
+    let path = home.join(DB_FILE);
+    let line = |id: i64, run: &str, exec: &str, task: &str, attempt: u32, stream: &str| LogRow {
+        id,
+        execution_id: exec.into(),
+        task: task.into(),
+        attempt,
+        step: (id % 3) as u32,
+        stream: stream.into(),
+        line: format!("{run} line {id} ünïcode"),
+        ts_ms: 1_000 + id,
+    };
+    let r1 = vec![
+        line(1, "r1", "e1", "load", 1, "stdout"),
+        line(3, "r1", "e2", "report", 1, "stderr"),
+        line(4, "r1", "e1", "load", 1, "stdout"),
+        line(6, "r1", "e3", "load", 2, "stdout"),
+        line(7, "r1", "e2", "report", 1, "other"),
+    ];
+    let r2 = vec![
+        line(2, "r2", "e9", "load", 1, "stdout"),
+        line(5, "r2", "e9", "load", 1, "stderr"),
+    ];
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let mut rows: Vec<(&str, &LogRow)> = r1.iter().map(|r| ("r1", r)).collect();
+        rows.extend(r2.iter().map(|r| ("r2", r)));
+        for (run, r) in rows {
+            conn.execute(
+                "INSERT INTO logs (id, run_id, execution_id, task, attempt, step, stream, line, ts_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                rusqlite::params![r.id, run, r.execution_id, r.task, r.attempt, r.step, r.stream, r.line, r.ts_ms],
+            )
+            .unwrap();
+        }
+    }
+    let store = Store::open(&home).unwrap();
+    assert_eq!(count(&store, "PRAGMA user_version"), schema_version());
+    assert_eq!(store.logs_after("r1", None, 0, 100).unwrap(), r1);
+    assert_eq!(store.logs_after("r2", None, 0, 100).unwrap(), r2);
+    assert_eq!(store.logs_after("r1", None, 3, 2).unwrap(), r1[2..4]);
+    let load: Vec<LogRow> = r1.iter().filter(|r| r.task == "load").cloned().collect();
+    assert_eq!(store.logs_after("r1", Some("load"), 0, 100).unwrap(), load);
+    assert_eq!(
+        store.logs_after("r1", Some("load"), 1, 1).unwrap(),
+        load[1..2]
+    );
+    assert!(store.logs_after("r3", None, 0, 100).unwrap().is_empty());
+    assert!(
+        store
+            .logs_after("r1", Some("nope"), 0, 100)
+            .unwrap()
+            .is_empty()
+    );
+    drop(store);
+
+    // New lines continue after the old ones, through the same keys.
+    let mut store = Store::open(&home).unwrap();
+    store.create_run(&new_run("r1", 0)).unwrap();
+    let writer = store.writer().unwrap();
+    let mut ev = log("r1", "e1", "new".into());
+    if let RunEventKind::Log { at, .. } = &mut ev.kind {
+        at.task = "load".into();
+    }
+    writer.send(ev);
+    writer.send(mark("r1", "e1", 1));
+    assert_eq!(writer.close().lost_events, 0);
+    let after = store.logs_after("r1", Some("load"), 6, 100).unwrap();
+    assert_eq!(after.len(), 1);
+    assert!(after[0].id > 7 && after[0].line == "new" && after[0].execution_id == "e1");
+    assert_eq!(count(&store, "SELECT count(*) FROM log_sources"), 4);
+}

@@ -126,6 +126,8 @@ struct Worker {
     /// Per execution id: its task and its events not yet covered by a sequence mark.
     pending: HashMap<String, (String, Vec<RunEvent>)>,
     batch: Vec<Item>,
+    /// Log lines' integer keys per execution, resolved once.
+    log_keys: apply::LogKeys,
     stats: WriterStats,
 }
 
@@ -135,6 +137,7 @@ impl Worker {
             conn,
             pending: HashMap::new(),
             batch: Vec::with_capacity(BATCH_ROWS),
+            log_keys: apply::LogKeys::default(),
             stats: WriterStats::default(),
         }
     }
@@ -230,12 +233,16 @@ impl Worker {
         }
         let mut error = None;
         for _ in 0..COMMIT_ATTEMPTS {
-            match write_batch(&mut self.conn, &self.batch) {
+            match write_batch(&mut self.conn, &self.batch, &mut self.log_keys) {
                 Ok(()) => {
                     error = None;
                     break;
                 }
-                Err(e) => error = Some(e),
+                Err(e) => {
+                    // Keys read in the rolled-back transaction may not exist.
+                    self.log_keys.clear();
+                    error = Some(e);
+                }
             }
         }
         self.stats.batches += 1;
@@ -248,11 +255,15 @@ impl Worker {
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &[Item]) -> rusqlite::Result<()> {
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[Item],
+    log_keys: &mut apply::LogKeys,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for item in batch {
         match item {
-            Item::Event(ev) => apply::apply(&tx, ev)?,
+            Item::Event(ev) => apply::apply(&tx, ev, log_keys)?,
             Item::Seq { execution_id, seq } => {
                 tx.prepare_cached(
                     "UPDATE executions SET last_seq = max(last_seq, ?2) WHERE execution_id = ?1",
