@@ -148,9 +148,11 @@ pub(super) fn parse(text: &str, path: &Path, choice: FleetChoice) -> Result<Plan
             .unwrap_or_else(|| "plan".into()),
     };
 
-    // Only with every task decoded: a missing task would make the graph wrong.
+    // Only with every task decoded (a dropped task would shift the indices). Other problems
+    // (a missing `after` target, a bad duration) don't hide a cycle: `after` holds only
+    // resolved targets, so a cycle among them is real and reported in the same pass.
     let mut graph = graph::Graph::default();
-    if out.is_empty() {
+    if tasks.len() == tables.len() {
         let after: Vec<Vec<usize>> = tasks.iter().map(|t| t.after.clone()).collect();
         match graph::build(&after) {
             Ok(g) => graph = g,

@@ -223,15 +223,19 @@ job = "J"
 after = ["c"]
 "#;
     let e = errors(text);
-    assert_eq!(
-        e.len(),
-        1,
-        "self-dependency first, cycles once the graph is otherwise sound: {e:#?}"
-    );
+    // Both problems at once, in line order: the cycle a → b → a and c waiting for itself.
+    assert_eq!(e.len(), 2, "{e:#?}");
     assert!(
-        e[0].starts_with("plan.toml:13: task \"c\" key `after`: a task cannot wait for itself"),
+        e[0].starts_with(
+            "plan.toml:5: task \"a\" key `after`: dependency cycle: \"a\" → \"b\" → \"a\""
+        ),
         "{}",
         e[0]
+    );
+    assert!(
+        e[1].starts_with("plan.toml:13: task \"c\" key `after`: a task cannot wait for itself"),
+        "{}",
+        e[1]
     );
     let e = errors(&text.replace("after = [\"c\"]", ""));
     assert_eq!(
@@ -327,4 +331,25 @@ fn load_reads_files_and_merges_fleet_problems() {
         missing.to_string().starts_with("failed to read plan `"),
         "{missing}"
     );
+}
+
+#[test]
+fn a_cycle_is_reported_next_to_other_problems() {
+    let text = r#"
+[[task]]
+name = "a"
+job = "J"
+after = ["missing"]
+[[task]]
+name = "b"
+job = "J"
+after = ["c"]
+[[task]]
+name = "c"
+job = "J"
+after = ["b"]
+"#;
+    let err = parse(text, Path::new("plan.toml")).unwrap_err().to_string();
+    assert!(err.contains("no task named \"missing\""), "{err}");
+    assert!(err.contains("dependency cycle"), "{err}");
 }
