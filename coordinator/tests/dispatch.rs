@@ -1,0 +1,239 @@
+//! The dispatcher in-process against real sidecars (the sidecar library on 127.0.0.1 port
+//! 0, plaintext on loopback; command jobs run under the `coordinator` binary's hidden
+//! `supervise` entry, as in the demo). Faster and more direct than the end-to-end suite:
+//! outcomes, skips, retries, resuming a run, and a run canceled before it starts.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use agentfleet_coordinator::dispatch::{Dispatcher, PriorTask, RunOptions};
+use agentfleet_coordinator::events::{RunEvent, RunEventKind, TaskOutcome};
+use agentfleet_coordinator::{fleet, plan};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Jobs: `ok` succeeds, `bad` fails, `flaky` fails on its first execution in `dir`.
+fn jobs(dir: &Path) -> String {
+    let marker = dir.join("flaky-ran");
+    format!(
+        r#"
+[[job]]
+name = "ok"
+[[job.step]]
+name = "work"
+run = ["sh", "-c", "echo ran >> \"{d}/ran-$AGENTFLEET_JOB-$AGENTFLEET_EXECUTION_ID\""]
+
+[[job]]
+name = "bad"
+[[job.step]]
+name = "work"
+run = ["sh", "-c", "echo broken >&2; exit 3"]
+
+[[job]]
+name = "flaky"
+[[job.step]]
+name = "work"
+run = ["sh", "-c", "if [ -e \"{m}\" ]; then exit 0; fi; touch \"{m}\"; exit 1"]
+"#,
+        d = dir.display(),
+        m = marker.display()
+    )
+}
+
+/// Starts `n` in-process sidecars offering `jobs`; returns their endpoints.
+async fn sidecars(dir: &Path, n: usize, shutdown: &CancellationToken) -> Vec<String> {
+    let mut endpoints = Vec::new();
+    for i in 0..n {
+        let name = format!("s{i}");
+        let text = format!(
+            "name = \"{name}\"\nlisten = \"127.0.0.1:0\"\nslots = 2\nstate_dir = \"{}\"\ninsecure = true\n{}",
+            dir.join(&name).display(),
+            jobs(dir)
+        );
+        let path = dir.join(format!("{name}.toml"));
+        let flags = agentfleet_sidecar::config::Flags::default();
+        let mut config =
+            agentfleet_sidecar::config::from_text(&text, &path, &flags, &|_| None).unwrap();
+        config.supervisor = agentfleet_sidecar::supervisor::SupervisorCommand::of(env!(
+            "CARGO_BIN_EXE_coordinator"
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        endpoints.push(format!("http://{}", listener.local_addr().unwrap()));
+        let backends = agentfleet_sidecar::server::backends(&config).await.unwrap();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            agentfleet_sidecar::server::serve(&config, backends, listener, stop).await
+        });
+    }
+    endpoints
+}
+
+fn plan_text(tasks: &str, endpoints: &[String]) -> String {
+    let mut text = format!("[plan]\nname = \"t\"\n{tasks}\n[fleet]\ninsecure = true\n");
+    for (i, e) in endpoints.iter().enumerate() {
+        text.push_str(&format!("[fleet.sidecars.s{i}]\nendpoint = \"{e}\"\n"));
+    }
+    text
+}
+
+/// Runs the plan to its end; returns each task's outcome and every event.
+async fn run(
+    text: &str,
+    dir: &Path,
+    prior: BTreeMap<String, PriorTask>,
+    cancel: CancellationToken,
+) -> (BTreeMap<String, TaskOutcome>, Vec<RunEvent>, i32) {
+    agentfleet_common::tls::install_crypto_provider();
+    let plan = plan::parse(text, &dir.join("plan.toml")).unwrap();
+    let sidecars = fleet::connect(plan.fleet.as_ref().unwrap()).unwrap();
+    let infos = fleet::probe(&sidecars).await;
+    let (tx, mut rx) = mpsc::channel(1024);
+    let collect = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        events
+    });
+    let dispatcher = Dispatcher::new(
+        &plan,
+        "r1".into(),
+        sidecars,
+        &infos,
+        tx,
+        RunOptions::default(),
+    );
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        dispatcher.run(CancellationToken::new(), cancel, prior),
+    )
+    .await
+    .expect("the run ends");
+    let events = collect.await.unwrap();
+    let outcomes = result
+        .summary
+        .iter()
+        .map(|s| (s.task.clone(), s.status))
+        .collect();
+    (outcomes, events, result.exit_code)
+}
+
+fn runs_of(dir: &Path, job: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("ran-{job}-"))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_skips_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let endpoints = sidecars(dir.path(), 2, &shutdown).await;
+    let tasks = r#"
+[[task]]
+name = "a"
+job = "ok"
+[[task]]
+name = "b"
+job = "bad"
+after = ["a"]
+[[task]]
+name = "c"
+job = "ok"
+after = ["b"]
+[[task]]
+name = "d"
+job = "flaky"
+retries = 1
+"#;
+    let (outcomes, events, code) = run(
+        &plan_text(tasks, &endpoints),
+        dir.path(),
+        BTreeMap::new(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(outcomes["a"], TaskOutcome::Succeeded);
+    assert_eq!(outcomes["b"], TaskOutcome::Failed);
+    assert_eq!(
+        outcomes["c"],
+        TaskOutcome::Skipped,
+        "a dependant of a failed task is skipped"
+    );
+    assert_eq!(outcomes["d"], TaskOutcome::Succeeded, "the retry succeeds");
+    assert_eq!(code, 1);
+    let d_attempts: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            RunEventKind::TaskPlaced { at } if at.task == "d" => Some(at.attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(d_attempts, [1, 2], "a retry is a new attempt");
+    assert_eq!(runs_of(dir.path(), "ok"), 1, "c never ran");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_does_not_rerun_finished_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let endpoints = sidecars(dir.path(), 1, &shutdown).await;
+    let tasks = "[[task]]\nname = \"a\"\njob = \"ok\"\n[[task]]\nname = \"b\"\njob = \"ok\"\nafter = [\"a\"]\n";
+    let prior = BTreeMap::from([(
+        "a".to_owned(),
+        PriorTask {
+            outcome: Some(TaskOutcome::Succeeded),
+            attempts: 1,
+            sidecar: Some("s0".into()),
+            ..Default::default()
+        },
+    )]);
+    let (outcomes, events, code) = run(
+        &plan_text(tasks, &endpoints),
+        dir.path(),
+        prior,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(outcomes["a"], TaskOutcome::Succeeded);
+    assert_eq!(outcomes["b"], TaskOutcome::Succeeded);
+    let placed: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            RunEventKind::TaskPlaced { at } => Some(at.task.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(placed, ["b"], "only the unfinished task starts");
+    assert_eq!(runs_of(dir.path(), "ok"), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_canceled_before_it_starts_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let endpoints = sidecars(dir.path(), 1, &shutdown).await;
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let (outcomes, _, code) = run(
+        &plan_text("[[task]]\nname = \"a\"\njob = \"ok\"\n", &endpoints),
+        dir.path(),
+        BTreeMap::new(),
+        cancel,
+    )
+    .await;
+    assert_eq!(outcomes["a"], TaskOutcome::Canceled);
+    assert_eq!(code, 1);
+    assert_eq!(runs_of(dir.path(), "ok"), 0);
+    shutdown.cancel();
+}
