@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AttachArgs, CancelArgs};
-use crate::commands::{check_placeable, spawn_reporters_with, take_stock};
+use crate::commands::{Stock, fleet_of, spawn_reporters_with, take_stock};
 use crate::dispatch::{Dispatcher, PriorExecution, PriorTask, RunOptions};
 use crate::error::{CliError, exit};
 use crate::events::{RunEvent, TaskOutcome};
@@ -56,14 +56,13 @@ pub async fn drive(
     prior: BTreeMap<String, PriorTask>,
     options: &DriveOptions,
     interrupt: CancellationToken,
+    stock: Option<Stock>,
 ) -> Result<i32, CliError> {
-    let fleet = plan.fleet.as_ref().ok_or_else(|| {
-        CliError::bad_input(format!(
-            "{}: no fleet: add a `[fleet]` table to the plan or pass `--fleet FILE`",
-            plan.path.display()
-        ))
-    })?;
-    let (sidecars, infos) = take_stock(fleet).await?;
+    // `run` has already taken stock (and checked the plan against it): don't probe twice.
+    let (sidecars, infos) = match stock {
+        Some(stock) => stock,
+        None => take_stock(fleet_of(plan)?).await?,
+    };
     let (tx, rx) = mpsc::channel::<RunEvent>(REPORT_CHANNEL);
     let store = open_store(&options.home)?;
     let run_options = RunOptions {
@@ -81,9 +80,6 @@ pub async fn drive(
         tx,
         run_options,
     );
-    if prior.is_empty() {
-        check_placeable(plan, &dispatcher, &infos)?;
-    }
     crate::report::otel::set_plan(plan);
     let reporter = store.reporter().map_err(store_error)?;
     let reporting = spawn_reporters_with(rx, options.json, options.show_logs, Some(reporter));
@@ -270,6 +266,7 @@ pub async fn attach(
         prior_from(&snapshot),
         &options,
         interrupt,
+        None,
     )
     .await
 }

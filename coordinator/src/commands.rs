@@ -20,7 +20,7 @@ fn load_plan(path: &Path, fleet: &FleetArgs) -> Result<Plan, CliError> {
         .map_err(|e| CliError::bad_input(e.to_string()))
 }
 
-fn fleet_of(plan: &Plan) -> Result<&FleetConfig, CliError> {
+pub fn fleet_of(plan: &Plan) -> Result<&FleetConfig, CliError> {
     plan.fleet.as_ref().ok_or_else(|| {
         CliError::bad_input(format!(
             "{}: no fleet: add a `[fleet]` table to the plan or pass `--fleet FILE`",
@@ -28,6 +28,9 @@ fn fleet_of(plan: &Plan) -> Result<&FleetConfig, CliError> {
         ))
     })
 }
+
+/// The fleet's clients and what each sidecar said about itself.
+pub type Stock = (Vec<Sidecar>, BTreeMap<String, SidecarInfo>);
 
 /// Connects to the fleet and asks every sidecar what it offers. Exit 3 when none answers.
 pub async fn take_stock(
@@ -97,7 +100,7 @@ pub async fn run(args: RunArgs, interrupt: CancellationToken) -> Result<i32, Cli
     let probe = Dispatcher::new(
         &plan,
         run_id.clone(),
-        sidecars,
+        sidecars.clone(),
         &infos,
         tx,
         RunOptions::default(),
@@ -115,7 +118,8 @@ pub async fn run(args: RunArgs, interrupt: CancellationToken) -> Result<i32, Cli
         lost_after: args.lost_after,
         home,
     };
-    crate::attach::drive(&plan, &run_id, BTreeMap::new(), &options, interrupt).await
+    let stock = Some((sidecars, infos));
+    crate::attach::drive(&plan, &run_id, BTreeMap::new(), &options, interrupt, stock).await
 }
 
 /// Records the new run in the central store (nothing has started yet, so a store that
