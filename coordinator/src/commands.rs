@@ -154,17 +154,8 @@ fn record_run(args: &RunArgs, plan: &Plan, run_id: &str, home: &Path) -> Result<
         .map_err(bad_store)
 }
 
-/// Runs the reporters on a blocking thread: they write to the terminal and stdout.
-pub fn spawn_reporters(
-    rx: mpsc::Receiver<RunEvent>,
-    json: bool,
-    show_logs: bool,
-) -> tokio::task::JoinHandle<()> {
-    spawn_reporters_with(rx, json, show_logs, None)
-}
-
-/// [`spawn_reporters`], plus the store's reporter when given (it saves every event;
-/// finishing it commits the last batch).
+/// Runs the reporters on a blocking thread (they write to the terminal and stdout), plus the
+/// store's reporter when given (it saves every event; finishing it commits the last batch).
 pub fn spawn_reporters_with(
     mut rx: mpsc::Receiver<RunEvent>,
     json: bool,
