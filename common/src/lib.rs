@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod duration;
+pub mod fault;
 pub mod ids;
 pub mod shutdown;
 pub mod telemetry;

@@ -61,8 +61,10 @@ async fn sidecars(dir: &Path, n: usize, shutdown: &CancellationToken) -> Vec<Str
         endpoints.push(format!("http://{}", listener.local_addr().unwrap()));
         let backends = agentfleet_sidecar::server::backends(&config).await.unwrap();
         let stop = shutdown.clone();
+        let lock =
+            agentfleet_sidecar::state_lock::StateDirLock::acquire(&config.state_dir).unwrap();
         tokio::spawn(async move {
-            agentfleet_sidecar::server::serve(&config, backends, listener, stop).await
+            agentfleet_sidecar::server::serve(&config, &lock, backends, listener, stop).await
         });
     }
     endpoints

@@ -12,5 +12,6 @@ pub mod journal;
 pub mod process;
 pub mod server;
 pub mod service;
+pub mod state_lock;
 pub mod supervisor;
 pub mod telemetry;

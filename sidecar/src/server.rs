@@ -19,6 +19,7 @@ use tonic::transport::Server;
 use crate::backend::{Backend, BackendError};
 use crate::config::SidecarConfig;
 use crate::executions::{Registry, RegistryError};
+use crate::state_lock::StateDirLock;
 
 mod auth;
 mod service;
@@ -46,6 +47,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("failed to set up server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    StateDir(#[from] crate::state_lock::StateLockError),
     #[error("failed to open the execution journal: {0}")]
     Registry(#[from] RegistryError),
     #[error("failed to set up the {backend} backend: {source}")]
@@ -89,8 +92,12 @@ pub async fn backends(config: &SidecarConfig) -> Result<Vec<Arc<dyn Backend>>, S
     Ok(backends)
 }
 
-/// `sidecar serve`: binds, builds the backends and serves until `shutdown`.
+/// `sidecar serve`: locks the state directory, binds, builds the backends and serves until
+/// `shutdown`.
 pub async fn run(config: SidecarConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
+    // First: nothing (the SQL Server Agent ledger included) touches a state_dir that
+    // another sidecar holds.
+    let state_lock = StateDirLock::acquire(&config.state_dir)?;
     let listener = bind(&config).await?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen.clone(),
@@ -99,7 +106,7 @@ pub async fn run(config: SidecarConfig, shutdown: CancellationToken) -> Result<(
     let backends = backends(&config).await?;
     // Announced once the port is bound: connections queue until `serve` accepts them.
     announce(&config.name, addr);
-    serve(&config, backends, listener, shutdown).await
+    serve(&config, &state_lock, backends, listener, shutdown).await
 }
 
 /// The line the end-to-end harness (and people) read to learn the bound address.
@@ -110,12 +117,15 @@ fn announce(name: &str, addr: SocketAddr) {
 
 /// Serves on `listener` until `shutdown` is cancelled, then shuts down in order (see the
 /// module docs). Prints one `{"event":"listening",...}` line on stdout once ready.
+/// `state_lock` is the proof that this process alone uses `config.state_dir`.
 pub async fn serve(
     config: &SidecarConfig,
+    state_lock: &StateDirLock,
     backends: Vec<Arc<dyn Backend>>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    debug_assert_eq!(state_lock.dir(), config.state_dir);
     let settings = crate::executions::Settings {
         name: config.name.clone(),
         slots: config.slots,

@@ -449,6 +449,80 @@ async fn resume_after_a_crash_journals_each_history_row_once() {
     assert_eq!(starts, 3, "one sp_start_job per execution, none on resume");
 }
 
+/// A resumed execution (after a sidecar restart) only ever follows a run the ledger proves
+/// was bound. A crash before the ledger entry was written, an unreadable entry, or a
+/// `Starting` entry the Agent shows no trace of (its session changed) ends the execution
+/// LOST, and `sp_start_job` is never called late.
+#[tokio::test]
+async fn a_resume_never_starts_a_job_whose_start_was_not_confirmed() {
+    let s = standin().await;
+    let h = harness(&s).await;
+    let start_jobs = || {
+        s.requests()
+            .iter()
+            .filter(|r| r.marker.as_deref() == Some("start_job"))
+            .count()
+    };
+    let ledger_dir = h._dir.path().join("sqlagent").join("ledger");
+    let resumed = |id: &str| {
+        let (mut c, rx, stop) = ctx(id, "ETL - Multi");
+        c.resume = Some(Default::default());
+        (c, rx, stop)
+    };
+    let lost_with = |kinds: &[Kind]| match kinds.last() {
+        Some(Kind::Finished(f)) if f.outcome == proto::Outcome::Lost as i32 => f.message.clone(),
+        other => panic!("expected Finished{{LOST}}, got {other:?} in {kinds:?}"),
+    };
+
+    // A bound run first, for its ledger entry (job id, Agent session).
+    let (c, mut rx, _stop) = ctx("bound", "ETL - Multi");
+    h.backend.start(c).await.unwrap();
+    assert_eq!(
+        outcome(&until_finished(&mut rx).await.0),
+        proto::Outcome::Succeeded
+    );
+    assert_eq!(start_jobs(), 1);
+
+    // 1. Killed between the journal record and the ledger entry: no entry.
+    let (c, mut rx, _stop) = resumed("no-entry");
+    h.backend.start(c).await.unwrap();
+    let message = lost_with(&until_finished(&mut rx).await.0);
+    assert!(message.contains("it was not started"), "{message}");
+
+    // 2. An entry that cannot be read: unknown, never "not started".
+    std::fs::write(
+        ledger_dir.join("torn.json"),
+        b"{\"execution_id\": \"torn\", \"st",
+    )
+    .unwrap();
+    let (c, mut rx, _stop) = resumed("torn");
+    h.backend.start(c).await.unwrap();
+    let message = lost_with(&until_finished(&mut rx).await.0);
+    assert!(message.contains("cannot be read"), "{message}");
+
+    // 3. Killed after the entry (Starting), before sp_start_job; the Agent restarted
+    //    meanwhile (a new session): nothing to follow, and no late start.
+    let mut entry: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ledger_dir.join("bound.json")).unwrap()).unwrap();
+    entry["execution_id"] = "starting".into();
+    entry["state"] = "starting".into();
+    entry["history_watermark"] = entry["cursor"].clone();
+    entry["outcome"] = serde_json::Value::Null;
+    entry["message"] = serde_json::Value::Null;
+    std::fs::write(
+        ledger_dir.join("starting.json"),
+        serde_json::to_vec(&entry).unwrap(),
+    )
+    .unwrap();
+    s.restart_agent(StopMode::Graceful);
+    let (c, mut rx, _stop) = resumed("starting");
+    h.backend.start(c).await.unwrap();
+    let message = lost_with(&until_finished(&mut rx).await.0);
+    assert!(message.contains("not started now"), "{message}");
+
+    assert_eq!(start_jobs(), 1, "a resume called sp_start_job");
+}
+
 /// The same start-and-follow scenario against a real SQL Server.
 #[tokio::test]
 async fn real_sql_server_start_and_follow() {

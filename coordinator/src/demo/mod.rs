@@ -253,6 +253,8 @@ async fn start_sidecar(
     };
     let config = agentfleet_sidecar::config::load(&flags, &|_| None)
         .map_err(|e| CliError::failed(format!("demo sidecar: {e}")))?;
+    let state_lock = agentfleet_sidecar::state_lock::StateDirLock::acquire(&config.state_dir)
+        .map_err(|e| CliError::failed(format!("demo sidecar: {e}")))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| CliError::failed(format!("demo: failed to bind 127.0.0.1: {e}")))?;
@@ -264,7 +266,8 @@ async fn start_sidecar(
         .map_err(|e| CliError::failed(format!("demo sidecar: {e}")))?;
     let handle = tokio::spawn(async move {
         if let Err(e) =
-            agentfleet_sidecar::server::serve(&config, backends, listener, shutdown).await
+            agentfleet_sidecar::server::serve(&config, &state_lock, backends, listener, shutdown)
+                .await
         {
             eprintln!("demo sidecar stopped: {e}");
         }

@@ -116,7 +116,10 @@ async fn spawn(
     let backend: Arc<dyn Backend> = Arc::new(FakeBackend::new(&["a", "b"]));
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
-    let task = tokio::spawn(async move { serve(&config, vec![backend], listener, token).await });
+    let task = tokio::spawn(async move {
+        let lock = crate::state_lock::StateDirLock::acquire(&config.state_dir)?;
+        serve(&config, &lock, vec![backend], listener, token).await
+    });
     (addr, shutdown, task)
 }
 

@@ -139,6 +139,12 @@ impl Sidecar {
         process::terminate(&mut child, SHUTDOWN_GRACE)
     }
 
+    /// Replaces the extra environment of the process from its next (re)start on (e.g. to
+    /// disarm a crash point before a restart).
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.options.env = env;
+    }
+
     /// Starts it again (stopping it first if it runs) with the same config, state dir and
     /// port, and waits until it listens again.
     pub fn restart(&mut self) {

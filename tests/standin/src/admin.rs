@@ -107,6 +107,16 @@ pub fn command(standin: &Standin, line: &str) -> String {
             (Err(_), _) => Err(format!("error bad count {n:?}")),
             (_, Err(e)) => Err(e),
         },
+        // How many requests of one kind (e.g. `start_job`) were received: tests prove
+        // with it that something was never asked for.
+        ["requests", marker] => {
+            let n = standin
+                .requests()
+                .iter()
+                .filter(|r| r.marker.as_deref() == Some(*marker))
+                .count();
+            return format!("ok {n}");
+        }
         ["execute_denied", v @ ("on" | "off")] => {
             standin.agent().set_execute_denied(*v == "on");
             Ok(())

@@ -2,7 +2,10 @@
 //! (pre-read, ledger, start batch), handing each run to the poller.
 //!
 //! Resuming after a sidecar restart (`ExecutionContext::resume`): the ledger decides that
-//! the run is re-attached (never a second `sp_start_job`); the journal decides where its
+//! the run is re-attached (never a second `sp_start_job`), and a resume only ever
+//! *follows* a run the ledger proves was bound: no entry (a crash before it was written),
+//! an unreadable one, or a start the Agent shows no trace of, closes the execution as
+//! LOST and never calls `sp_start_job` late. The journal decides where its
 //! history continues (the largest `instance_id` its events carry), because only what the
 //! journal holds was shown. A ledger that says Finished while the journal lacks some of
 //! the run's rows (a crash before they were journaled) has the run followed again from
@@ -21,7 +24,7 @@ use super::catalog::{self, JobFilter};
 use super::connection::{Conn, Settings, SqlError};
 use super::errors::map_start_error;
 use super::follower::{self, Busy, Follow};
-use super::ledger::{self, Entry, Evidence, Ledger, Reconcile};
+use super::ledger::{self, Entry, Evidence, Ledger, Lookup, Reconcile};
 use super::poll::poll;
 use super::queries;
 use super::rows::{self, JobDef, ProcResult};
@@ -202,11 +205,13 @@ impl SqlAgentBackend {
             message: None,
         };
         entry.cursor = entry.history_watermark;
+        agentfleet_common::fault::point("sqlagent-before-ledger");
         // Never call sp_start_job without a durable record of the attempt.
         self.ledger.put(&entry).map_err(|e| {
             BackendError::Internal(format!("failed to write the start ledger: {e}"))
         })?;
         self.busy.lock().expect("busy lock").insert(job.job_id);
+        agentfleet_common::fault::point("sqlagent-before-start-batch");
         let refuse = |this: &Self, n: i32, msg: String, job: &JobDef| {
             this.ledger.remove(&entry.execution_id);
             this.busy.lock().expect("busy lock").remove(&job.job_id);
@@ -363,6 +368,21 @@ impl SqlAgentBackend {
                     return Ok(());
                 }
                 Reconcile::Wait => tokio::time::sleep(Duration::from_millis(500)).await,
+                // After a restart nobody waits for this start any more (the coordinator
+                // has moved on, maybe to another server): never start it late.
+                Reconcile::SafeToStart if ctx.resume.is_some() => {
+                    self.busy.lock().expect("busy lock").remove(&job.job_id);
+                    let message = format!(
+                        "the sidecar restarted before SQL Server Agent confirmed the start of `{}`, and the Agent shows no run of it since; it is not started now (a late start would run it with nobody watching)",
+                        job.name
+                    );
+                    entry.state = ledger::State::Finished;
+                    entry.outcome = Some(proto::Outcome::Lost as i32);
+                    entry.message = Some(message.clone());
+                    let _ = self.ledger.put(&entry);
+                    return close_unconfirmed(ctx, message).await;
+                }
+                // Within the StartJob call that asked for it: the caller still waits.
                 Reconcile::SafeToStart => {
                     self.ledger.remove(&entry.execution_id);
                     self.busy.lock().expect("busy lock").remove(&job.job_id);
@@ -418,6 +438,24 @@ impl SqlAgentBackend {
         self.follow_entry(&entry, job, ctx);
         Ok(())
     }
+}
+
+/// What a resumed execution without a ledger entry is closed with: the entry is written
+/// before `sp_start_job` is ever called, so without one the job was not started.
+const NOT_STARTED_BEFORE_RESTART: &str = "the sidecar restarted before the start of this SQL Server Agent job was recorded; it was not started, and is not started late";
+
+/// Ends a resumed execution whose start was never confirmed as LOST, without calling
+/// `sp_start_job`: a start now could come days after the coordinator asked for it, with
+/// nobody watching, while the coordinator may already have run the task elsewhere.
+async fn close_unconfirmed(ctx: ExecutionContext, message: String) -> Result<(), BackendError> {
+    tracing::warn!(execution_id = %ctx.execution_id, job = %ctx.job, %message, "not starting a resumed execution");
+    ctx.events
+        .emit(proto::event::Kind::Finished(proto::Finished {
+            outcome: proto::Outcome::Lost as i32,
+            message,
+        }))
+        .await;
+    Ok(())
 }
 
 /// The execution is being resumed and its journal has not got the history rows up to the
@@ -514,8 +552,20 @@ impl Backend for SqlAgentBackend {
             ));
         }
         let _serial = self.start_lock.lock().await;
-        if let Some(entry) = self.ledger.get(&ctx.execution_id) {
-            return self.resume(entry, ctx).await;
+        match self.ledger.lookup(&ctx.execution_id) {
+            Lookup::Found(entry) => return self.resume(entry, ctx).await,
+            // Only a resume can meet these (a repeated StartJob of a known execution never
+            // reaches the backend). Neither may start anything: see `close_unconfirmed`.
+            Lookup::Unreadable(why) => {
+                let message = format!(
+                    "the sidecar restarted and this execution's start ledger entry cannot be read ({why}); whether SQL Server Agent started the job is unknown: check the job's history before running it again"
+                );
+                return close_unconfirmed(ctx, message).await;
+            }
+            Lookup::Absent if ctx.resume.is_some() => {
+                return close_unconfirmed(ctx, NOT_STARTED_BEFORE_RESTART.to_owned()).await;
+            }
+            Lookup::Absent => {}
         }
         let job = self.resolve_one(&ctx.job).await?;
         self.fresh_start(job, ctx).await

@@ -44,6 +44,16 @@ pub struct Entry {
     pub message: Option<String>,
 }
 
+/// What the ledger knows of one execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// No entry: `sp_start_job` was never called for it (the entry is written first).
+    Absent,
+    /// An entry that cannot be read or decoded (the reason): the start is unknown.
+    Unreadable(String),
+    Found(Entry),
+}
+
 #[derive(Debug, Clone)]
 pub struct Ledger {
     dir: PathBuf,
@@ -72,8 +82,25 @@ impl Ledger {
     }
 
     pub fn get(&self, execution_id: &str) -> Option<Entry> {
-        let text = std::fs::read_to_string(self.path(execution_id)).ok()?;
-        serde_json::from_str(&text).ok()
+        match self.lookup(execution_id) {
+            Lookup::Found(entry) => Some(entry),
+            Lookup::Absent | Lookup::Unreadable(_) => None,
+        }
+    }
+
+    /// The entry of `execution_id`, telling a missing entry (`sp_start_job` was never
+    /// called for it) from one that cannot be read (whether it was called is unknown).
+    pub fn lookup(&self, execution_id: &str) -> Lookup {
+        let path = self.path(execution_id);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Absent,
+            Err(e) => return Lookup::Unreadable(format!("{}: {e}", path.display())),
+        };
+        match serde_json::from_str(&text) {
+            Ok(entry) => Lookup::Found(entry),
+            Err(e) => Lookup::Unreadable(format!("{}: {e}", path.display())),
+        }
     }
 
     /// Writes durably: temp file, fsync, rename (a crash leaves the old or the new entry).
@@ -213,6 +240,18 @@ mod tests {
         assert!(again.unfinished().is_empty());
         again.prune(Duration::from_secs(1), 10_000);
         assert!(again.get("e1").is_none());
+    }
+
+    #[test]
+    fn lookup_tells_a_missing_entry_from_an_unreadable_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.lookup("e1"), Lookup::Absent);
+        ledger.put(&entry()).unwrap();
+        assert_eq!(ledger.lookup("e1"), Lookup::Found(entry()));
+        std::fs::write(ledger.path("e1"), b"{ torn").unwrap();
+        assert!(matches!(ledger.lookup("e1"), Lookup::Unreadable(why) if why.contains("e1.json")));
+        assert!(ledger.get("e1").is_none());
     }
 
     #[test]
