@@ -22,7 +22,9 @@ use crate::executions::{Registry, RegistryError};
 use crate::state_lock::StateDirLock;
 
 mod auth;
+mod listener;
 mod service;
+mod tls;
 
 pub use auth::Authorize;
 pub use service::SidecarService;
@@ -31,6 +33,12 @@ pub use service::SidecarService;
 const FINISH_MARGIN: Duration = Duration::from_secs(5);
 /// Time the transport gets to close connections after the executions are done.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// HTTP/2 ping interval on idle connections, and how long a ping may go unanswered.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Concurrent streams on one connection: a coordinator holds one Watch per execution it
+/// follows here, so this bounds a client, not the slots.
+const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -43,6 +51,8 @@ pub enum ServeError {
     },
     #[error("failed to set up TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("failed to set up TLS: {0}")]
+    TlsSetup(#[from] tls::TlsSetupError),
     #[error("failed to configure the gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("failed to set up server reflection: {0}")]
@@ -98,6 +108,9 @@ pub async fn run(config: SidecarConfig, shutdown: CancellationToken) -> Result<(
     // First: nothing (the SQL Server Agent ledger included) touches a state_dir that
     // another sidecar holds.
     let state_lock = StateDirLock::acquire(&config.state_dir)?;
+    if let Some(limit) = listener::raise_fd_limit() {
+        tracing::debug!(limit, "open-file limit");
+    }
     let listener = bind(&config).await?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen.clone(),
@@ -147,19 +160,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let mut builder = Server::builder();
-    let authorize = match (&config.tls, config.insecure) {
-        (Some(tls), false) => {
-            builder = builder.tls_config(agentfleet_common::tls::server_config(
-                &tls.cert,
-                &tls.key,
-                &tls.client_ca,
-            )?)?;
-            Authorize::new(&config.name, Some(tls.allow_clients.clone()))
-        }
+    let (acceptor, authorize) = match (&config.tls, config.insecure) {
+        (Some(tls), false) => (
+            Some(tls::acceptor(&tls.cert, &tls.key, &tls.client_ca)?),
+            Authorize::new(&config.name, Some(tls.allow_clients.clone())),
+        ),
         _ => {
             tracing::warn!(listen = %config.listen, "insecure = true: plaintext gRPC without client certificates (loopback only)");
-            Authorize::new(&config.name, None)
+            (None, Authorize::new(&config.name, None))
         }
     };
     let sidecar = SidecarServer::with_interceptor(SidecarService::new(registry.clone()), authorize);
@@ -168,16 +176,32 @@ pub async fn serve(
         source,
     })?;
 
+    // A peer that vanished without closing is noticed by HTTP/2 pings (and TCP keepalive,
+    // see `listener`); streams per connection are capped.
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(sidecar);
     let close = CancellationToken::new();
-    let close_signal = close.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut server = tokio::spawn(
-        builder
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(sidecar)
-            .serve_with_incoming_shutdown(incoming, close_signal.cancelled_owned()),
-    );
+    let closed = close.clone().cancelled_owned();
+    let mut server = match acceptor {
+        Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(
+            listener::tls(
+                listener,
+                acceptor,
+                listener::Limits::default(),
+                close.clone(),
+            ),
+            closed,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            listener::plaintext(listener, listener::Limits::default(), close.clone()),
+            closed,
+        )),
+    };
     tracing::info!(name = %config.name, %addr, slots = config.slots, "sidecar listening");
 
     let early = tokio::select! {

@@ -29,6 +29,7 @@ pub fn unit_text(exe: &Path, config: &Path, stop_grace: Duration) -> String {
          RestartSec=5\n\
          KillMode=process\n\
          TimeoutStopSec={stop_timeout}\n\
+         LimitNOFILE=65536\n\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",
@@ -124,6 +125,8 @@ mod tests {
         ));
         assert!(unit.contains("TimeoutStopSec=30\n"));
         assert!(unit.contains("KillMode=process\n"));
+        // Room for connections and journals; the sidecar caps its connections itself.
+        assert!(unit.contains("LimitNOFILE=65536\n"));
         assert!(unit.contains("WantedBy=multi-user.target"));
     }
 }

@@ -1,0 +1,69 @@
+//! A sidecar that is boring to attack, with the real binaries on 127.0.0.1: a flood of
+//! TCP connections that never start TLS neither stays open nor keeps the coordinator out.
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use agentfleet_e2e::{SidecarOptions, TestEnv};
+use socket2::{Domain, Socket, Type};
+
+/// Idle connections opened by the "attacker" (from 127.0.0.2, another peer than the
+/// coordinator's 127.0.0.1).
+const FLOOD: usize = 300;
+/// The sidecar's TLS handshake timeout is 10 s; idle connections must be gone by then,
+/// with room for a slow machine.
+const CLOSE_BOUND: Duration = Duration::from_secs(30);
+
+fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((from, 0)).into())?;
+    socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    Ok(socket.into())
+}
+
+#[test]
+fn idle_connections_are_closed_and_do_not_keep_the_coordinator_out() {
+    let env = TestEnv::new("idle_connection_flood");
+    let sidecar = env.start_sidecar(
+        "s1",
+        "[[job]]\nname = \"quick\"\n[[job.step]]\nname = \"work\"\nrun = [\"sh\", \"-c\", \"echo done\"]\n",
+        SidecarOptions::default(),
+    );
+    // Connections the kernel accepted, past the sidecar's per-address cap, may be closed
+    // at once; the rest wait for their ClientHello. Neither must hold the sidecar.
+    let mut idle: Vec<TcpStream> = (0..FLOOD)
+        .filter_map(|_| connect_from([127, 0, 0, 2], sidecar.addr()).ok())
+        .collect();
+    assert!(!idle.is_empty(), "no connection of the flood was made");
+
+    let plan = env.write_file(
+        "plan.toml",
+        "[plan]\nname = \"flood\"\n\n[[task]]\nname = \"quick\"\njob = \"quick\"\n",
+    );
+    let fleet = env.write_fleet(&[&sidecar]);
+    let out = env.run_plan(&plan, &fleet);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+
+    // Every idle connection is closed by the sidecar (EOF or reset) within the bound.
+    let began = Instant::now();
+    for (i, conn) in idle.iter_mut().enumerate() {
+        let left = CLOSE_BOUND
+            .saturating_sub(began.elapsed())
+            .max(Duration::from_millis(1));
+        conn.set_read_timeout(Some(left)).unwrap();
+        let mut buf = [0u8; 16];
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!(
+                "idle connection {i} of {} still open after {:?}: {other:?}",
+                FLOOD,
+                began.elapsed()
+            ),
+        }
+    }
+}
