@@ -88,9 +88,11 @@ pub async fn logs(home: Option<&Path>, args: LogsArgs) -> Result<i32, CliError> 
         let store = open(home.as_deref())?;
         let run = store.resolve_run(&args.run).map_err(store_error)?;
         let stdout = io::stdout();
+        let terminal = std::io::IsTerminal::is_terminal(&stdout);
         let mut out = BufWriter::new(stdout.lock());
         let poll = args.follow.then_some(FOLLOW_POLL);
-        match write_logs(&store, &run.run_id, args.task.as_deref(), poll, &mut out) {
+        let task = args.task.as_deref();
+        match write_logs(&store, &run.run_id, task, poll, terminal, &mut out) {
             Ok(()) => Ok(exit::OK),
             Err(LogsError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(exit::OK),
             Err(LogsError::Io(e)) => {
@@ -113,11 +115,14 @@ pub enum LogsError {
 
 /// Writes `run_id`'s log lines in order, each as `task[#attempt]/step/stream | line`.
 /// With `follow`, polls every that long for new lines until the run's status is final.
+/// With `terminal`, control characters in the lines are escaped (they come from jobs and
+/// must not drive the reader's terminal); otherwise lines are written as stored.
 pub fn write_logs(
     store: &Store,
     run_id: &str,
     task: Option<&str>,
     follow: Option<Duration>,
+    terminal: bool,
     out: &mut dyn Write,
 ) -> Result<(), LogsError> {
     let mut names = StepNames::default();
@@ -131,7 +136,12 @@ pub fn write_logs(
                 names.load(store, run_id)?;
             }
             for row in &rows {
-                writeln!(out, "{} | {}", names.prefix(row), row.line)?;
+                let line = if terminal {
+                    crate::report::terminal_safe(&row.line)
+                } else {
+                    std::borrow::Cow::Borrowed(row.line.as_str())
+                };
+                writeln!(out, "{} | {line}", names.prefix(row))?;
             }
             if let Some(last) = rows.last() {
                 after = last.id;

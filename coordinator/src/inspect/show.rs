@@ -156,6 +156,7 @@ fn message(m: &str) -> String {
         return String::new();
     }
     let one_line: String = m.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line = crate::report::terminal_safe(&one_line);
     if one_line.chars().count() > MESSAGE_MAX {
         let cut: String = one_line.chars().take(MESSAGE_MAX - 1).collect();
         format!("  {cut}…")

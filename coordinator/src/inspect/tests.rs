@@ -46,13 +46,13 @@ fn at(attempt: u32) -> At {
 fn log_lines_are_prefixed_with_task_attempt_step_and_stream() {
     let (_dir, store) = store_with_sample_run();
     let mut out = Vec::new();
-    write_logs(&store, "r1", None, None, &mut out).unwrap();
+    write_logs(&store, "r1", None, None, false, &mut out).unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "load-facts/transform/stdout | rows: 42\n"
     );
     let mut out = Vec::new();
-    write_logs(&store, "r1", Some("report"), None, &mut out).unwrap();
+    write_logs(&store, "r1", Some("report"), None, false, &mut out).unwrap();
     assert!(out.is_empty());
 }
 
@@ -92,6 +92,7 @@ fn follow_sees_lines_written_by_another_connection_and_stops_at_the_end() {
         "r1",
         None,
         Some(Duration::from_millis(10)),
+        false,
         &mut out,
     )
     .unwrap();

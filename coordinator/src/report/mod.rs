@@ -11,6 +11,7 @@ pub mod summary;
 pub use json::JsonLines;
 pub use live::LiveReporter;
 pub use plain::{Clock, PlainReporter};
+pub(crate) use style::terminal_safe;
 
 use crate::events::RunEvent;
 

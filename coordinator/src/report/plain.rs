@@ -10,6 +10,7 @@ use std::io::Write;
 use super::Reporter;
 use super::style::{
     Color, duration_ms, one_line, outcome_color, outcome_text, paint, step_label, step_status_text,
+    terminal_safe,
 };
 use crate::events::{At, RunEvent, RunEventKind, TaskOutcome};
 
@@ -132,7 +133,7 @@ impl<W: Write + Send> PlainReporter<W> {
                 if !self.verbose_logs {
                     return None;
                 }
-                format!("{} [{stream}] {line}", where_(at))
+                format!("{} [{stream}] {}", where_(at), terminal_safe(line))
             }
             RunEventKind::TaskFinished {
                 task,

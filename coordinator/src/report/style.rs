@@ -42,18 +42,44 @@ pub(crate) fn duration_ms(ms: u64) -> String {
 }
 
 /// The first line of `text`, at most `max` characters (an ellipsis marks the cut), so a
-/// multi-line error message cannot break a table or a progress line.
+/// multi-line error message cannot break a table or a progress line; terminal-safe (see
+/// `terminal_safe`).
 pub(crate) fn one_line(text: &str, max: usize) -> Cow<'_, str> {
     let first = text.trim().lines().next().unwrap_or("").trim_end();
     let more_lines = first.len() < text.trim().len();
     if first.chars().count() > max {
         let cut: String = first.chars().take(max.saturating_sub(1)).collect();
-        Cow::Owned(format!("{cut}…"))
+        Cow::Owned(format!("{}…", terminal_safe(&cut)))
     } else if more_lines {
-        Cow::Owned(format!("{first} …"))
+        Cow::Owned(format!("{} …", terminal_safe(first)))
     } else {
-        Cow::Borrowed(first)
+        terminal_safe(first)
     }
+}
+
+/// Job output and messages come from the servers' jobs, so they must not drive the
+/// operator's terminal: control characters (ESC starting an ANSI or OSC sequence that
+/// retitles the window or rewrites the screen, BEL, a carriage return that overwrites the
+/// line) and bidirectional overrides (text that reads other than it is) are shown as
+/// escapes such as `\x1b` instead. Tabs stay. The store and `--json` keep the raw text.
+pub(crate) fn terminal_safe(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(acts_on_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if !acts_on_terminal(c) => out.push(c),
+            c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn acts_on_terminal(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
 }
 
 /// Display width for alignment; names are expected to be mostly ASCII.
@@ -118,6 +144,25 @@ mod tests {
         assert_eq!(one_line("abcdefghijkl", 5), "abcd…");
         assert_eq!(one_line("first\nsecond", 20), "first …");
         assert_eq!(one_line("  padded \n", 20), "padded");
+    }
+
+    #[test]
+    fn control_characters_from_jobs_are_shown_not_obeyed() {
+        // A job retitling the terminal (OSC 0), clearing it, and hiding text with CR.
+        assert_eq!(
+            terminal_safe("\x1b]0;pwned\x07 \x1b[2J ok\rfake"),
+            "\\x1b]0;pwned\\x07 \\x1b[2J ok\\x0dfake"
+        );
+        assert_eq!(
+            terminal_safe("tab\tstays, ünïcode too"),
+            "tab\tstays, ünïcode too"
+        );
+        assert_eq!(
+            terminal_safe("C1 \u{9b}31m, RLO \u{202e}"),
+            "C1 \\x9b31m, RLO \\u{202e}"
+        );
+        assert_eq!(one_line("\x1b[31mred\x1b[0m", 40), "\\x1b[31mred\\x1b[0m");
+        assert!(!one_line(&"\x07".repeat(50), 10).contains('\x07'));
     }
 
     #[test]

@@ -67,3 +67,49 @@ fn idle_connections_are_closed_and_do_not_keep_the_coordinator_out() {
         }
     }
 }
+
+/// A job's output cannot drive the operator's terminal: `--show-logs` shows its control
+/// characters as escapes; the store keeps the raw line (`logs` into a pipe, `--json`).
+#[test]
+fn job_output_cannot_drive_the_operators_terminal() {
+    let env = TestEnv::new("terminal_escapes");
+    // printf's octal escapes: ESC ] 0 ; pwned BEL (retitle the terminal), then ESC [ 2 J.
+    let sidecar = env.start_sidecar(
+        "s1",
+        "[[job]]\nname = \"retitle\"\n[[job.step]]\nname = \"work\"\nrun = [\"sh\", \"-c\", \"printf '\\\\033]0;pwned\\\\007 and \\\\033[2J done\\\\n'\"]\n",
+        SidecarOptions::default(),
+    );
+    let plan = env.write_file(
+        "plan.toml",
+        "[plan]\nname = \"escapes\"\n\n[[task]]\nname = \"retitle\"\njob = \"retitle\"\n",
+    );
+    let fleet = env.write_fleet(&[&sidecar]);
+    let out = env.coordinator([
+        "run",
+        plan.to_str().unwrap(),
+        "--fleet",
+        fleet.to_str().unwrap(),
+        "--show-logs",
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let shown = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        shown.contains("\\x1b]0;pwned\\x07 and \\x1b[2J done"),
+        "the line is not shown escaped:\n{shown}"
+    );
+    assert!(
+        !shown.contains('\x1b'),
+        "a raw ESC reached the terminal:\n{shown:?}"
+    );
+    assert!(
+        !shown.contains('\x07'),
+        "a raw BEL reached the terminal:\n{shown:?}"
+    );
+
+    let stored = env.coordinator(["logs", "last"]);
+    assert!(
+        stored.stdout.contains("\x1b]0;pwned\x07 and \x1b[2J done"),
+        "the store must keep the raw line: {:?}",
+        stored.stdout
+    );
+}
