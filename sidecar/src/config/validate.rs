@@ -232,7 +232,12 @@ fn validate_jobs(config: &SidecarConfig, spans: &Spans, r: &mut Report<'_>) {
             );
         }
         let mut params = HashSet::new();
-        for p in &job.params {
+        let names = job.params.names();
+        if let Err(e) = job.params.rules() {
+            let params_at = js.and_then(|s| s.params.clone());
+            r.at(&params_at, format!("{what} params"), e);
+        }
+        for p in &names {
             let valid = !p.is_empty()
                 && !p.starts_with(|c: char| c.is_ascii_digit())
                 && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');

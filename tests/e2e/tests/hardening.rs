@@ -113,3 +113,46 @@ fn job_output_cannot_drive_the_operators_terminal() {
         stored.stdout
     );
 }
+
+/// A parameter value that does not match its declared type is refused before anything
+/// starts (the reviewer's `2026-11-24 & whoami` would reach a `.cmd` step's `%VAR%`).
+#[test]
+fn a_parameter_value_outside_its_rule_is_refused_and_nothing_runs() {
+    let env = TestEnv::new("parameter_rules");
+    let marker = env.path().join("ran");
+    let sidecar = env.start_sidecar(
+        "s1",
+        &format!(
+            "[[job]]\nname = \"load\"\nparams = {{ BUSINESS_DATE = \"date\", REGION = \"^[A-Z]{{2}}$\" }}\n[[job.step]]\nname = \"work\"\nrun = [\"sh\", \"-c\", \"touch {}\"]\n",
+            marker.display()
+        ),
+        SidecarOptions::default(),
+    );
+    let fleet = env.write_fleet(&[&sidecar]);
+    let plan = |date: &str| {
+        env.write_file(
+            "plan.toml",
+            &format!(
+                "[plan]\nname = \"params\"\n\n[[task]]\nname = \"load\"\njob = \"load\"\nparams = {{ BUSINESS_DATE = {}, REGION = \"EU\" }}\n",
+                agentfleet_e2e::toml_str(date)
+            ),
+        )
+    };
+    let out = env.run_plan(&plan("2026-11-24 & whoami"), &fleet);
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains(
+            "parameter `BUSINESS_DATE` of job `load` is refused: it is not a date (YYYY-MM-DD)"
+        ),
+        "{said}"
+    );
+    assert!(!marker.exists(), "the job ran with a refused parameter");
+
+    let out = env.run_plan(&plan("2026-11-24"), &fleet);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        marker.exists(),
+        "the job did not run with a valid parameter"
+    );
+}

@@ -11,9 +11,10 @@ pub struct JobConfig {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// Parameters a task may set; they reach the steps as environment variables.
+    /// Parameters a task may set, with the values each accepts (see `params.rs`); they
+    /// reach the steps as environment variables.
     #[serde(default)]
-    pub params: Vec<String>,
+    pub params: super::params::Params,
     /// Working directory of every step (default: the sidecar's).
     #[serde(default)]
     pub working_dir: Option<PathBuf>,
@@ -110,13 +111,16 @@ impl JobConfig {
                 "job `{job}` has no steps; add at least one [[job.step]]"
             ));
         }
-        for param in &self.params {
+        for param in &self.params.names() {
             if param.is_empty() || param.contains(['=', '\0']) {
                 return Err(format!(
                     "job `{job}`: `{param}` cannot be an environment variable name"
                 ));
             }
         }
+        self.params
+            .rules()
+            .map_err(|e| format!("job `{job}`: {e}"))?;
         let mut seen = std::collections::BTreeSet::new();
         for step in &self.steps {
             let name = &step.name;
@@ -170,7 +174,7 @@ mod tests {
         JobConfig {
             name: "j".to_owned(),
             description: String::new(),
-            params: Vec::new(),
+            params: Default::default(),
             working_dir: None,
             env: BTreeMap::new(),
             steps,

@@ -26,6 +26,7 @@ use super::{Backend, BackendError, ExecutionContext, SupervisedJob};
 pub mod config;
 mod flow;
 mod output;
+pub mod params;
 mod stats;
 mod step;
 #[cfg(all(test, unix))]
@@ -47,6 +48,8 @@ struct PreparedJob {
     config: JobConfig,
     /// The resolved step flow, or why the job cannot run.
     plan: Result<flow::Plan, String>,
+    /// Each declared parameter's rule, compiled once.
+    params: std::collections::BTreeMap<String, params::Rule>,
 }
 
 impl CommandBackend {
@@ -58,15 +61,22 @@ impl CommandBackend {
         let jobs = jobs
             .into_iter()
             .map(|config| {
-                let plan = if seen.insert(config.name.clone()) {
-                    flow::plan(&config)
-                } else {
+                let rules = config.params.rules();
+                let plan = if !seen.insert(config.name.clone()) {
                     Err(format!("job `{}` is defined twice", config.name))
+                } else if let Err(e) = &rules {
+                    Err(e.clone())
+                } else {
+                    flow::plan(&config)
                 };
                 if let Err(e) = &plan {
                     tracing::warn!(job = %config.name, error = %e, "command job cannot run");
                 }
-                Arc::new(PreparedJob { config, plan })
+                Arc::new(PreparedJob {
+                    config,
+                    plan,
+                    params: rules.unwrap_or_default(),
+                })
             })
             .collect();
         Self {
@@ -109,7 +119,7 @@ impl CommandBackend {
             },
             steps,
             stats: Some(self.history.stats(&config.name)),
-            params: config.params.clone(),
+            params: config.params.names(),
         }
     }
 }
@@ -138,33 +148,39 @@ impl CommandBackend {
                 job.config.name
             )));
         }
-        check_params(&job.config, params)?;
+        check_params(job, params)?;
         Ok(job)
     }
 }
 
-/// Refuses params the job does not declare, and values no environment can hold.
+/// Refuses params the job does not declare, and values its rules do not accept (see
+/// `params.rs`): before anything is journaled or started.
 fn check_params(
-    job: &JobConfig,
+    job: &PreparedJob,
     params: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), BackendError> {
     for (name, value) in params {
-        if !job.params.contains(name) {
+        let Some(rule) = job.params.get(name) else {
             let declared = if job.params.is_empty() {
                 "it declares none".to_owned()
             } else {
-                format!("it declares: {}", job.params.join(", "))
+                format!(
+                    "it declares: {}",
+                    job.params.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
             };
             return Err(BackendError::InvalidArgument(format!(
                 "job `{}` does not declare the parameter `{name}`; {declared}",
-                job.name
+                job.config.name
             )));
-        }
-        if value.contains('\0') {
-            return Err(BackendError::InvalidArgument(format!(
-                "the value of parameter `{name}` contains a NUL character"
-            )));
-        }
+        };
+        // The value itself is not echoed: it may be long, or hold what it must not.
+        rule.check(value).map_err(|why| {
+            BackendError::InvalidArgument(format!(
+                "parameter `{name}` of job `{}` is refused: {why}",
+                job.config.name
+            ))
+        })?;
     }
     Ok(())
 }

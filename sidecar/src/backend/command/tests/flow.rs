@@ -20,7 +20,7 @@ async fn multi_step_job_succeeds_with_events_in_order() {
             sh_step("load", "exit 0"),
         ],
     );
-    etl.params = vec!["BUSINESS_DATE".to_owned()];
+    etl.params = super::super::params::Params::List(vec!["BUSINESS_DATE".to_owned()]);
     etl.env = BTreeMap::from([("REGION".to_owned(), "eu".to_owned())]);
     etl.working_dir = Some(dir.path().to_owned());
     let backend = backend(vec![etl]);
@@ -155,7 +155,7 @@ async fn endless_goto_loops_are_cut() {
 #[tokio::test]
 async fn refuses_bad_starts() {
     let mut declared = job("j", vec![sh_step("s", "true")]);
-    declared.params = vec!["BUSINESS_DATE".to_owned()];
+    declared.params = super::super::params::Params::List(vec!["BUSINESS_DATE".to_owned()]);
     let mut broken = job("broken", vec![sh_step("s", "true")]);
     broken.steps[0].on_failure = Some("goto:nowhere".to_owned());
     let backend = backend(vec![declared, broken]);

@@ -33,7 +33,7 @@ pub(super) fn job(name: &str, steps: Vec<StepConfig>) -> JobConfig {
     JobConfig {
         name: name.to_owned(),
         description: String::new(),
-        params: Vec::new(),
+        params: Default::default(),
         working_dir: None,
         env: BTreeMap::new(),
         steps,
