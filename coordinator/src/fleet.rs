@@ -1,6 +1,7 @@
 //! The fleet at run time: one gRPC channel per sidecar (mTLS unless the fleet is
 //! explicitly insecure on loopback), and what each sidecar said about itself.
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use agentfleet_common::proto::{self, sidecar_client::SidecarClient};
@@ -59,28 +60,15 @@ pub fn connect(config: &FleetConfig) -> Result<Vec<Sidecar>, FleetError> {
             endpoint: entry.endpoint.clone(),
             reason,
         };
-        let mut endpoint = Endpoint::from_shared(entry.endpoint.clone())
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(15))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        if let Some(tls) = &config.tls {
-            let tls_config = agentfleet_common::tls::client_config(
-                &tls.ca,
-                &tls.cert,
-                &tls.key,
-                entry.tls_name.as_deref(),
-            )?;
-            endpoint = endpoint
-                .tls_config(tls_config)
-                .map_err(|e| FleetError::TlsSetup {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
-        }
-        let channel = endpoint.connect_lazy();
+        let channel = match crate::fleet_config::unix_endpoint(&entry.endpoint) {
+            Some(path) => unix_channel(path),
+            None => tcp_channel(config, name, &entry.endpoint, entry.tls_name.as_deref()).map_err(
+                |e| match e {
+                    FleetError::BadEndpoint { reason, .. } => bad(reason),
+                    other => other,
+                },
+            )?,
+        };
         out.push(Sidecar {
             name: name.clone(),
             endpoint: entry.endpoint.clone(),
@@ -90,6 +78,67 @@ pub fn connect(config: &FleetConfig) -> Result<Vec<Sidecar>, FleetError> {
         });
     }
     Ok(out)
+}
+
+/// The HTTP/2 settings of every connection to a sidecar.
+fn endpoint_settings(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+}
+
+/// A lazily connected channel to `https://host:port` with the fleet's mTLS.
+fn tcp_channel(
+    config: &FleetConfig,
+    name: &str,
+    text: &str,
+    tls_name: Option<&str>,
+) -> Result<Channel, FleetError> {
+    let mut endpoint = endpoint_settings(Endpoint::from_shared(text.to_owned()).map_err(|e| {
+        FleetError::BadEndpoint {
+            name: name.to_owned(),
+            endpoint: text.to_owned(),
+            reason: e.to_string(),
+        }
+    })?);
+    if let Some(tls) = &config.tls {
+        let tls_config =
+            agentfleet_common::tls::client_config(&tls.ca, &tls.cert, &tls.key, tls_name)?;
+        endpoint = endpoint
+            .tls_config(tls_config)
+            .map_err(|e| FleetError::TlsSetup {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+/// A lazily connected plaintext channel to a local sidecar's Unix socket (insecure mode;
+/// the sidecar checks that this process runs as its user).
+fn unix_channel(path: PathBuf) -> Channel {
+    // The URI is only a placeholder: the connector decides where to connect.
+    let endpoint = endpoint_settings(Endpoint::from_static("http://localhost"));
+    #[cfg(unix)]
+    {
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        endpoint.connect_with_connector_lazy(connector)
+    }
+    // The fleet loader refuses unix: endpoints elsewhere; this channel never connects.
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        endpoint.connect_lazy()
+    }
 }
 
 /// Asks every sidecar (concurrently) who it is and which jobs it offers.

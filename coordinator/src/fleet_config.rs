@@ -3,13 +3,13 @@
 //! top-level table is `[fleet]` too, so one file can serve many plans). A `--fleet` file
 //! overrides the plan's `[fleet]`; see [`crate::plan::load_with_fleet`].
 //!
-//! Security stance: mTLS unless `insecure = true`, and insecure only when every sidecar is on
-//! this machine. Plaintext gRPC to a sidecar would let anyone on the path start jobs on a
-//! database server or read their logs.
+//! Security stance: mTLS unless `insecure = true`, and insecure only to sidecars on a Unix
+//! socket of this machine (`unix:/path`), which check that the caller runs as their user.
+//! Plaintext gRPC over TCP, even on loopback, would let anyone on the path (or any local
+//! process) start jobs on a database server or read their logs.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use agentfleet_common::tls::is_loopback_host;
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -26,11 +26,15 @@ const NO_SIDECARS: &str = "the fleet has no sidecars: add one, e.g.
   endpoint = \"https://sql1.example.com:7443\"";
 const NO_TLS: &str = "no [fleet.tls]: the coordinator talks to sidecars over mTLS and needs ca, \
     cert and key (create them with `coordinator pki init DIR` and `coordinator pki issue DIR \
-    coordinator --coordinator`); for sidecars on this machine only, insecure = true turns TLS off";
-const HTTPS_NEEDS_TLS: &str = "an https:// endpoint needs [fleet.tls] (ca, cert and key), \
-    or use http:// for a loopback sidecar with insecure = true";
-const HTTP_NEEDS_INSECURE: &str = "http:// is plaintext: use https:// with [fleet.tls], or set \
-    insecure = true (loopback sidecars only)";
+    coordinator --coordinator`); for sidecars on a Unix socket of this machine only \
+    (endpoint = \"unix:/path\"), insecure = true turns TLS off";
+const HTTPS_NEEDS_TLS: &str = "an https:// endpoint needs [fleet.tls] (ca, cert and key); \
+    insecure = true serves only sidecars on a Unix socket (endpoint = \"unix:/path\")";
+const HTTP_IS_REFUSED: &str = "http:// is plaintext over TCP, which would let anyone who can \
+    reach the port start and stop jobs: use https:// with [fleet.tls], or for a sidecar on this \
+    machine a Unix socket (endpoint = \"unix:/path\") with insecure = true";
+const UNIX_NEEDS_INSECURE: &str = "a unix: endpoint is plaintext to a local sidecar: set \
+    insecure = true to say so (the sidecar admits only processes of its own user)";
 const EMPTY_TLS_NAME: &str = "tls_name is empty: give the name in the sidecar's certificate, or \
     leave the key out to use the endpoint's host";
 
@@ -39,7 +43,7 @@ const EMPTY_TLS_NAME: &str = "tls_name is empty: give the name in the sidecar's 
 pub struct FleetConfig {
     /// mTLS material; required unless `insecure`.
     pub tls: Option<FleetTls>,
-    /// Plaintext to loopback sidecars (tests, the demo).
+    /// Plaintext to sidecars on Unix sockets of this machine (tests, local setups).
     pub insecure: bool,
     pub sidecars: BTreeMap<String, SidecarEntry>,
     /// Where the fleet was written, for messages; `None` for a fleet built in code.
@@ -59,7 +63,7 @@ pub struct FleetTls {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SidecarEntry {
-    /// `https://host:port` (or `http://` with `insecure` on loopback).
+    /// `https://host:port`, or `unix:/path` (with `insecure`) for a local sidecar.
     pub endpoint: String,
     /// The name to verify in the sidecar's certificate; default: the endpoint's host.
     pub tls_name: Option<String>,
@@ -83,6 +87,11 @@ pub struct Endpoint {
     /// As written, IPv6 in brackets.
     pub host: String,
     pub port: u16,
+}
+
+/// The socket path of a `unix:/path` endpoint (a local sidecar in insecure mode).
+pub fn unix_endpoint(text: &str) -> Option<PathBuf> {
+    text.strip_prefix("unix:").map(PathBuf::from)
 }
 
 /// Parses `http(s)://host:port` (a trailing `/` is allowed, nothing else after the port).
@@ -159,6 +168,25 @@ impl FleetConfig {
         }
         for (name, entry) in &self.sidecars {
             let key = format!("sidecars.{name}.endpoint");
+            if let Some(path) = unix_endpoint(&entry.endpoint) {
+                if !cfg!(unix) {
+                    problem(
+                        &key,
+                        "unix: endpoints exist on Unix only; use https://".into(),
+                    );
+                } else if !path.is_absolute() {
+                    problem(
+                        &key,
+                        format!(
+                            "`{}`: write an absolute socket path, e.g. unix:/run/agentfleet/sidecar.sock",
+                            entry.endpoint
+                        ),
+                    );
+                } else if !self.insecure {
+                    problem(&key, UNIX_NEEDS_INSECURE.into());
+                }
+                continue;
+            }
             let endpoint = match parse_endpoint(&entry.endpoint) {
                 Ok(e) => e,
                 Err(message) => {
@@ -166,24 +194,11 @@ impl FleetConfig {
                     continue;
                 }
             };
-            if self.insecure && !is_loopback_host(&endpoint.host) {
-                let host = &endpoint.host;
-                problem(
-                    &key,
-                    format!(
-                        "insecure = true is refused: sidecar \"{name}\" at {host} is not on this \
-                         machine, and without TLS anyone on the network could start jobs on it \
-                         or read their logs; add [fleet.tls] and use https://, or keep insecure \
-                         fleets on localhost"
-                    ),
-                );
-            }
-            // Without insecure, a missing [fleet.tls] is reported once above.
-            if endpoint.tls && self.tls.is_none() && self.insecure {
+            if !endpoint.tls {
+                problem(&key, HTTP_IS_REFUSED.into());
+            } else if self.tls.is_none() && self.insecure {
+                // Without insecure, a missing [fleet.tls] is reported once above.
                 problem(&key, HTTPS_NEEDS_TLS.into());
-            }
-            if !endpoint.tls && !self.insecure {
-                problem(&key, HTTP_NEEDS_INSECURE.into());
             }
             if entry
                 .tls_name

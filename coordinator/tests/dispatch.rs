@@ -46,7 +46,8 @@ async fn sidecars(dir: &Path, n: usize, shutdown: &CancellationToken) -> Vec<Str
     for i in 0..n {
         let name = format!("s{i}");
         let text = format!(
-            "name = \"{name}\"\nlisten = \"127.0.0.1:0\"\nslots = 2\nstate_dir = \"{}\"\ninsecure = true\n{}",
+            "name = \"{name}\"\nlisten = \"unix:{}\"\nslots = 2\nstate_dir = \"{}\"\ninsecure = true\n{}",
+            dir.join(format!("{name}.sock")).display(),
             dir.join(&name).display(),
             jobs(dir)
         );
@@ -57,8 +58,9 @@ async fn sidecars(dir: &Path, n: usize, shutdown: &CancellationToken) -> Vec<Str
         config.supervisor = agentfleet_sidecar::supervisor::SupervisorCommand::of(env!(
             "CARGO_BIN_EXE_coordinator"
         ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        endpoints.push(format!("http://{}", listener.local_addr().unwrap()));
+        // Insecure mode: a Unix socket, which the coordinator reaches as `unix:PATH`.
+        let listener = agentfleet_sidecar::server::bind(&config).await.unwrap();
+        endpoints.push(config.listen.clone());
         let backends = agentfleet_sidecar::server::backends(&config).await.unwrap();
         let stop = shutdown.clone();
         let lock =

@@ -101,7 +101,7 @@ fn check_tls(config: &SidecarConfig) -> Item {
             "tls",
             Status::Warn,
             format!(
-                "insecure = true: plaintext without client certificates on {}",
+                "insecure = true: plaintext for this user's local processes on {}",
                 config.listen
             ),
         ),
@@ -159,6 +159,21 @@ fn check_state_dir(dir: &Path) -> Item {
 }
 
 async fn check_listen(config: &SidecarConfig) -> Item {
+    if let Some(path) = crate::config::unix_socket_path(&config.listen) {
+        // Connecting, not binding: binding would replace a live sidecar's socket file.
+        #[cfg(unix)]
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return item(
+                "listen",
+                Status::Warn,
+                format!(
+                    "{} is in use (is the sidecar already running?)",
+                    config.listen
+                ),
+            );
+        }
+        return item("listen", Status::Ok, format!("{} is free", path.display()));
+    }
     match tokio::net::TcpListener::bind(&config.listen).await {
         Ok(_) => item("listen", Status::Ok, format!("{} is free", config.listen)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => item(
@@ -256,7 +271,7 @@ mod tests {
         let file = dir.path().join("sidecar.toml");
         std::fs::write(
             &file,
-            "name = \"t\"\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\ninsecure = true\n\
+            "name = \"t\"\nlisten = \"unix:/tmp/agentfleet-check-test.sock\"\nstate_dir = \"state\"\ninsecure = true\n\
              [[job]]\nname = \"j\"\n[[job.step]]\nname = \"s\"\nrun = [\"no-such-program-agentfleet\"]\n",
         )
         .unwrap();

@@ -16,7 +16,7 @@ use crate::backend::command::JobConfig;
 use crate::backend::sqlagent::SqlAgentConfig;
 
 mod validate;
-pub use validate::Problem;
+pub use validate::{Problem, unix_socket_path};
 
 /// Environment twins of the flags.
 pub const ENV_CONFIG: &str = "AGENTFLEET_CONFIG";

@@ -5,7 +5,6 @@
 //! command jobs (to their supervisors) and SQL Server Agent jobs (to the next start) over,
 //! stop other running executions and wait for their Finished events (`stop_grace` + 5s),
 //! end open Watch streams, then close the listener and connections (5s more at most).
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +22,8 @@ use crate::state_lock::StateDirLock;
 
 mod auth;
 mod listener;
+#[cfg(unix)]
+mod local;
 mod service;
 mod tls;
 
@@ -70,14 +71,45 @@ pub enum ServeError {
     Stopped(String),
 }
 
+/// What the sidecar listens on: TCP with mTLS, or (insecure mode) a Unix socket.
+pub enum Bound {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+impl From<TcpListener> for Bound {
+    fn from(listener: TcpListener) -> Self {
+        Self::Tcp(listener)
+    }
+}
+
+impl Bound {
+    /// `127.0.0.1:7443`, or `unix:/path` (what the `listening` line says).
+    fn describe(&self) -> std::io::Result<String> {
+        match self {
+            Self::Tcp(l) => Ok(l.local_addr()?.to_string()),
+            #[cfg(unix)]
+            Self::Unix(_, path) => Ok(format!("unix:{}", path.display())),
+        }
+    }
+}
+
 /// Binds the configured `listen` address.
-pub async fn bind(config: &SidecarConfig) -> Result<TcpListener, ServeError> {
+pub async fn bind(config: &SidecarConfig) -> Result<Bound, ServeError> {
+    let failed = |source| ServeError::Bind {
+        addr: config.listen.clone(),
+        source,
+    };
+    #[cfg(unix)]
+    if let Some(path) = crate::config::unix_socket_path(&config.listen) {
+        let listener = local::bind(&path).map_err(failed)?;
+        return Ok(Bound::Unix(listener, path.to_path_buf()));
+    }
     TcpListener::bind(&config.listen)
         .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen.clone(),
-            source,
-        })
+        .map(Bound::Tcp)
+        .map_err(failed)
 }
 
 /// The backends the config asks for: command jobs when there are any, SQL Server Agent
@@ -112,19 +144,19 @@ pub async fn run(config: SidecarConfig, shutdown: CancellationToken) -> Result<(
         tracing::debug!(limit, "open-file limit");
     }
     let listener = bind(&config).await?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+    let addr = listener.describe().map_err(|source| ServeError::Bind {
         addr: config.listen.clone(),
         source,
     })?;
     let backends = backends(&config).await?;
     // Announced once the port is bound: connections queue until `serve` accepts them.
-    announce(&config.name, addr);
+    announce(&config.name, &addr);
     serve(&config, &state_lock, backends, listener, shutdown).await
 }
 
 /// The line the end-to-end harness (and people) read to learn the bound address.
-fn announce(name: &str, addr: SocketAddr) {
-    let line = serde_json::json!({"event": "listening", "name": name, "addr": addr.to_string()});
+fn announce(name: &str, addr: &str) {
+    let line = serde_json::json!({"event": "listening", "name": name, "addr": addr});
     println!("{line}");
 }
 
@@ -135,10 +167,30 @@ pub async fn serve(
     config: &SidecarConfig,
     state_lock: &StateDirLock,
     backends: Vec<Arc<dyn Backend>>,
-    listener: TcpListener,
+    listener: impl Into<Bound>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let listener = listener.into();
     debug_assert_eq!(state_lock.dir(), config.state_dir);
+    // TLS or nothing on TCP; plaintext only on a Unix socket (the config loader says so
+    // too: this holds for callers that build a config in code).
+    let (acceptor, authorize) = match (&config.tls, config.insecure, &listener) {
+        (Some(tls), false, Bound::Tcp(_)) => (
+            Some(tls::acceptor(&tls.cert, &tls.key, &tls.client_ca)?),
+            Authorize::new(&config.name, Some(tls.allow_clients.clone())),
+        ),
+        #[cfg(unix)]
+        (_, true, Bound::Unix(..)) => {
+            tracing::warn!(listen = %config.listen, "insecure = true: plaintext gRPC on a Unix socket, for this user's processes only");
+            (None, Authorize::new(&config.name, None))
+        }
+        _ => {
+            return Err(ServeError::Stopped(format!(
+                "`{}` with insecure = {}: plaintext is served on a Unix socket only, and TLS on TCP only",
+                config.listen, config.insecure
+            )));
+        }
+    };
     let settings = crate::executions::Settings {
         name: config.name.clone(),
         slots: config.slots,
@@ -160,18 +212,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let (acceptor, authorize) = match (&config.tls, config.insecure) {
-        (Some(tls), false) => (
-            Some(tls::acceptor(&tls.cert, &tls.key, &tls.client_ca)?),
-            Authorize::new(&config.name, Some(tls.allow_clients.clone())),
-        ),
-        _ => {
-            tracing::warn!(listen = %config.listen, "insecure = true: plaintext gRPC without client certificates (loopback only)");
-            (None, Authorize::new(&config.name, None))
-        }
-    };
     let sidecar = SidecarServer::with_interceptor(SidecarService::new(registry.clone()), authorize);
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+    let addr = listener.describe().map_err(|source| ServeError::Bind {
         addr: config.listen.clone(),
         source,
     })?;
@@ -187,20 +229,25 @@ pub async fn serve(
         .add_service(sidecar);
     let close = CancellationToken::new();
     let closed = close.clone().cancelled_owned();
-    let mut server = match acceptor {
-        Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(
-            listener::tls(
-                listener,
-                acceptor,
-                listener::Limits::default(),
-                close.clone(),
-            ),
+    let limits = listener::Limits::default();
+    let mut server = match (listener, acceptor) {
+        (Bound::Tcp(listener), Some(acceptor)) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(
+                listener::tls(listener, acceptor, limits, close.clone()),
+                closed,
+            ))
+        }
+        #[cfg(unix)]
+        (Bound::Unix(listener, _), None) => tokio::spawn(router.serve_with_incoming_shutdown(
+            local::incoming(listener, limits, close.clone()),
             closed,
         )),
-        None => tokio::spawn(router.serve_with_incoming_shutdown(
-            listener::plaintext(listener, listener::Limits::default(), close.clone()),
-            closed,
-        )),
+        // Refused above.
+        _ => {
+            return Err(ServeError::Stopped(
+                "no TLS on a Unix socket, no plaintext on TCP".into(),
+            ));
+        }
     };
     tracing::info!(name = %config.name, %addr, slots = config.slots, "sidecar listening");
 

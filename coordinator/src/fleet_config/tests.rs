@@ -80,17 +80,39 @@ fn tls_is_required_unless_insecure() {
 }
 
 #[test]
-fn insecure_only_on_loopback() {
-    let ok = "[fleet]\ninsecure = true\n[fleet.sidecars.a]\nendpoint = \"http://127.0.0.1:7443\"\n[fleet.sidecars.b]\nendpoint = \"http://[::1]:7444\"\n";
-    assert!(fleet(ok).unwrap().insecure);
-    let e = fleet(&ok.replace("[::1]", "sql2.corp")).unwrap_err();
-    assert_eq!(e.len(), 1, "{e:#?}");
-    assert!(e[0].starts_with("conf/fleet.toml:6: [fleet.sidecars.b] key `endpoint`: insecure = true is refused: sidecar \"b\" at sql2.corp is not on this machine"), "{}", e[0]);
-    assert!(e[0].contains("anyone on the network"), "{}", e[0]);
+fn insecure_only_to_unix_sockets() {
+    let ok = "[fleet]\ninsecure = true\n[fleet.sidecars.a]\nendpoint = \"unix:/run/af/a.sock\"\n";
+    if cfg!(unix) {
+        assert!(fleet(ok).unwrap().insecure);
+        let e = fleet(&ok.replace("insecure = true", "insecure = false")).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|m| m.contains("a unix: endpoint is plaintext")),
+            "{e:#?}"
+        );
+        let e = fleet(&ok.replace("/run/af/a.sock", "a.sock")).unwrap_err();
+        assert!(e[0].contains("absolute socket path"), "{}", e[0]);
+    }
+    // Plaintext over TCP is refused even on loopback: any local process could use it.
+    for endpoint in [
+        "http://127.0.0.1:7443",
+        "http://[::1]:7444",
+        "http://sql2.corp:7443",
+    ] {
+        let text =
+            format!("[fleet]\ninsecure = true\n[fleet.sidecars.b]\nendpoint = \"{endpoint}\"\n");
+        let e = fleet(&text).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].starts_with("conf/fleet.toml:4: [fleet.sidecars.b] key `endpoint`: http:// is plaintext over TCP"),
+            "{}",
+            e[0]
+        );
+    }
 }
 
 #[test]
-fn http_needs_insecure() {
+fn http_is_refused() {
     let text = MTLS.replace("https://sql1.example.com:7443", "http://127.0.0.1:7443");
     let e = fleet(&text).unwrap_err();
     assert_eq!(e.len(), 1, "{e:#?}");

@@ -37,9 +37,9 @@ after = ["stage-orders", "stage-customers"]
 [fleet]
 insecure = true
 [fleet.sidecars.sql1]
-endpoint = "http://127.0.0.1:7443"
+endpoint = "unix:/run/agentfleet/sql1.sock"
 [fleet.sidecars.sql2]
-endpoint = "http://localhost:7444"
+endpoint = "unix:/run/agentfleet/sql2.sock"
 "#;
 
 fn parse_ok(text: &str) -> Plan {
@@ -262,7 +262,7 @@ fn on_must_name_a_sidecar_of_the_fleet() {
 fn a_given_fleet_overrides_the_inline_one() {
     let text = NIGHTLY.replace(r#"on = ["sql1", "sql2"]"#, r#"on = ["sql3"]"#);
     let fleet = crate::fleet_config::parse_fleet(
-        "[fleet]\ninsecure = true\n[fleet.sidecars.sql3]\nendpoint = \"http://127.0.0.1:1\"\n",
+        "[fleet]\ninsecure = true\n[fleet.sidecars.sql3]\nendpoint = \"unix:/run/agentfleet/sql3.sock\"\n",
         Path::new("fleet.toml"),
     )
     .unwrap();
@@ -321,7 +321,7 @@ fn load_reads_files_and_merges_fleet_problems() {
     assert_eq!(err.diagnostics().len(), 1, "{err}");
     assert!(
         err.to_string().contains(
-            "fleet.toml:4: [fleet.sidecars.x] key `endpoint`: insecure = true is refused"
+            "fleet.toml:4: [fleet.sidecars.x] key `endpoint`: http:// is plaintext over TCP"
         ),
         "{err}"
     );

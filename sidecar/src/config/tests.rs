@@ -142,15 +142,28 @@ fn tls_required_unless_insecure() {
 }
 
 #[test]
-fn insecure_only_on_loopback() {
-    let text = "name = \"a\"\nlisten = \"0.0.0.0:7443\"\nstate_dir = \"s\"\ninsecure = true\n";
-    let err = error(text);
-    assert!(err.contains("sidecar.toml:4: `insecure`"), "{err}");
-    assert!(err.contains("expose job control to the network"), "{err}");
-    let ok = text.replace("0.0.0.0", "127.0.0.1");
-    assert!(parse(&ok).unwrap().insecure);
-    let ok = text.replace("0.0.0.0:7443", "[::1]:7443");
-    assert!(parse(&ok).is_ok());
+fn insecure_only_on_a_unix_socket() {
+    // Not on TCP at all: on loopback, any local process could start and stop jobs.
+    for listen in ["0.0.0.0:7443", "127.0.0.1:7443", "[::1]:7443"] {
+        let text =
+            format!("name = \"a\"\nlisten = \"{listen}\"\nstate_dir = \"s\"\ninsecure = true\n");
+        let err = error(&text);
+        assert!(err.contains("sidecar.toml:4: `insecure`"), "{err}");
+        assert!(err.contains("let any process start and stop jobs"), "{err}");
+    }
+    let text =
+        "name = \"a\"\nlisten = \"unix:/run/af/s.sock\"\nstate_dir = \"s\"\ninsecure = true\n";
+    if cfg!(unix) {
+        let c = parse(text).unwrap();
+        assert!(c.insecure);
+        // A Unix socket needs insecure = true said out loud, and an absolute path.
+        let err = error(&text.replace("insecure = true", "insecure = false"));
+        assert!(err.contains("set insecure = true to say so"), "{err}");
+        let err = error(&text.replace("/run/af/s.sock", "s.sock"));
+        assert!(err.contains("absolute socket path"), "{err}");
+    } else {
+        assert!(error(text).contains("Unix sockets exist on Unix only"));
+    }
 }
 
 #[test]

@@ -140,6 +140,11 @@ impl Report<'_> {
 }
 
 /// Splits `host:port` (`[::1]:7443` for IPv6) into its host and port.
+/// The socket path of `listen = "unix:PATH"` (insecure mode's only transport).
+pub fn unix_socket_path(listen: &str) -> Option<std::path::PathBuf> {
+    listen.strip_prefix("unix:").map(std::path::PathBuf::from)
+}
+
 pub(crate) fn split_listen(listen: &str) -> Option<(&str, u16)> {
     let (host, port) = listen.rsplit_once(':')?;
     let port = port.parse().ok()?;
@@ -162,26 +167,47 @@ pub(crate) fn validate(
     if config.name.trim().is_empty() {
         r.at(&spans.name, "name", "set `name` to this sidecar's name (what plans and the coordinator call it), e.g. name = \"sql1\"");
     }
-    match split_listen(&config.listen) {
-        None => r.from(
+    let blame = match &origins.listen {
+        Origin::Env(name) | Origin::Flag(name) => format!(" (set by {name})"),
+        Origin::File | Origin::Default => String::new(),
+    };
+    match (unix_socket_path(&config.listen), split_listen(&config.listen)) {
+        (Some(_), _) if !cfg!(unix) => r.from(
+            &origins.listen,
+            &spans.listen,
+            "listen",
+            format!("`{}`{blame}: Unix sockets exist on Unix only; listen on host:port with a [tls] section", config.listen),
+        ),
+        (Some(_), _) if !config.insecure => r.from(
+            &origins.listen,
+            &spans.listen,
+            "listen",
+            format!("`{}`{blame} is a Unix socket, which serves plaintext to local processes of this user only: set insecure = true to say so, or listen on host:port with a [tls] section", config.listen),
+        ),
+        (Some(path), _) if path.as_os_str().is_empty() || !path.is_absolute() => r.from(
+            &origins.listen,
+            &spans.listen,
+            "listen",
+            format!("`{}`{blame}: write an absolute socket path, e.g. \"unix:/run/agentfleet/sidecar.sock\"", config.listen),
+        ),
+        (Some(_), _) => {}
+        (None, None) => r.from(
             &origins.listen,
             &spans.listen,
             "listen",
             format!("`{}` is not an address to listen on; write host:port, e.g. \"0.0.0.0:7443\" or \"127.0.0.1:7443\"", config.listen),
         ),
-        Some((host, _)) if config.insecure && !agentfleet_common::tls::is_loopback_host(host) => r.at(
+        // Plaintext without authentication over TCP would let any local process (and,
+        // off loopback, anyone) start and stop jobs as the service account.
+        (None, Some(_)) if config.insecure => r.at(
             &spans.insecure,
             "insecure",
             format!(
-                "insecure = true is refused because listen is `{}`{}, not a loopback address: plaintext without client certificates would expose job control to the network; add a [tls] section (see `coordinator pki`) or listen on 127.0.0.1",
+                "insecure = true is refused because listen is `{}`{blame}, a TCP address: plaintext without client certificates would let any process start and stop jobs as this service; add a [tls] section (see `coordinator pki`), or for a test setup listen on a Unix socket (listen = \"unix:/run/agentfleet/sidecar.sock\"), which only this user's processes may use",
                 config.listen,
-                match &origins.listen {
-                    Origin::Env(name) | Origin::Flag(name) => format!(" (set by {name})"),
-                    Origin::File | Origin::Default => String::new(),
-                }
             ),
         ),
-        Some(_) => {}
+        (None, Some(_)) => {}
     }
     if config.slots == 0 {
         r.at(
@@ -202,7 +228,7 @@ pub(crate) fn validate(
         None if !config.insecure => r.at(
             &None,
             "tls",
-            "add a [tls] section with cert, key, client_ca and allow_clients (`coordinator pki` makes the files); only a loopback-only test setup may use insecure = true instead",
+            "add a [tls] section with cert, key, client_ca and allow_clients (`coordinator pki` makes the files); only a test setup on a Unix socket may use insecure = true instead",
         ),
         Some(tls) if !config.insecure && tls.allow_clients.iter().all(|c| c.trim().is_empty()) => r.at(
             &spans.tls.as_ref().and_then(|t| t.allow_clients.clone()),

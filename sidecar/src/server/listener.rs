@@ -59,7 +59,7 @@ impl Default for Limits {
     }
 }
 
-/// Connections ready for tonic: plaintext (insecure mode) or after the TLS handshake.
+/// Connections ready for tonic (after the TLS handshake, or local ones; see `local`).
 pub type Incoming<S> = tokio_stream::wrappers::ReceiverStream<std::io::Result<Guarded<S>>>;
 
 /// Per-IP connection counts; an entry lives while its count is above zero.
@@ -105,7 +105,20 @@ impl Drop for PeerSlot {
 pub struct Guarded<S> {
     inner: S,
     _permit: OwnedSemaphorePermit,
-    _peer: PeerSlot,
+    /// TCP only: its place in the per-address count.
+    _peer: Option<PeerSlot>,
+}
+
+impl<S> Guarded<S> {
+    /// A connection on a local (Unix) socket: no per-address count.
+    #[cfg(unix)]
+    pub(super) fn local(inner: S, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            inner,
+            _permit: permit,
+            _peer: None,
+        }
+    }
 }
 
 /// Accepts TLS connections on `listener` until `stop` fires.
@@ -133,7 +146,9 @@ pub fn tls(
     })
 }
 
-/// Accepts plaintext connections (insecure mode, loopback only) until `stop` fires.
+/// Accepts plaintext TCP connections until `stop` fires: the caps without TLS, for tests
+/// (the sidecar serves plaintext on a Unix socket only, see `local`).
+#[cfg(test)]
 pub fn plaintext(
     listener: TcpListener,
     limits: Limits,
@@ -192,7 +207,7 @@ where
                     let guarded = Guarded {
                         inner,
                         _permit: permit,
-                        _peer: peer,
+                        _peer: Some(peer),
                     };
                     let _ = tx.send(Ok(guarded)).await;
                 }

@@ -1,4 +1,5 @@
 //! In-process gRPC tests on port 0 with real mTLS (certificates made with rcgen).
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -85,10 +86,15 @@ impl Pki {
 }
 
 fn config(dir: &Path, tls: Option<TlsConfig>) -> SidecarConfig {
+    // Without TLS, the sidecar serves a Unix socket only (insecure mode).
+    let listen = match &tls {
+        Some(_) => "127.0.0.1:0".to_owned(),
+        None => format!("unix:{}", dir.join("sidecar.sock").display()),
+    };
     SidecarConfig {
         source: dir.join("sidecar.toml"),
         name: "test".into(),
-        listen: "127.0.0.1:0".into(),
+        listen,
         slots: 2,
         state_dir: dir.join("state"),
         insecure: tls.is_none(),
@@ -111,8 +117,11 @@ async fn spawn(
     tokio::task::JoinHandle<Result<(), ServeError>>,
 ) {
     agentfleet_common::tls::install_crypto_provider();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listener = bind(&config).await.unwrap();
+    let addr = match &listener {
+        Bound::Tcp(l) => l.local_addr().unwrap(),
+        Bound::Unix(..) => SocketAddr::from(([127, 0, 0, 1], 0)), // see `unix_channel`
+    };
     let backend: Arc<dyn Backend> = Arc::new(FakeBackend::new(&["a", "b"]));
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -258,17 +267,43 @@ async fn mtls_allowed_client_works_and_others_are_refused() {
     );
 }
 
+/// A plaintext channel to the sidecar's Unix socket (insecure mode).
+fn unix_channel(path: PathBuf) -> Channel {
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Endpoint::from_static("http://localhost").connect_with_connector_lazy(connector)
+}
+
 #[tokio::test]
-async fn insecure_loopback_serves_plaintext_with_reflection() {
+async fn insecure_mode_serves_plaintext_with_reflection_on_a_unix_socket_only() {
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let dir = tempfile::tempdir().unwrap();
-    let (addr, shutdown, server) = spawn(config(dir.path(), None)).await;
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
+    let config = config(dir.path(), None);
+    let socket = dir.path().join("sidecar.sock");
+    // TCP without TLS is never served, even if the config loader were bypassed.
+    let mut tcp = config.clone();
+    tcp.listen = "127.0.0.1:0".into();
+    let (_, _stop, refused) = spawn(tcp).await;
+    let err = refused.await.unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("plaintext is served on a Unix socket only"),
+        "{err}"
+    );
+
+    let (_, shutdown, server) = spawn(config).await;
+    // The socket is this user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let channel = unix_channel(socket);
     let mut client = SidecarClient::new(channel.clone());
     assert_eq!(
         client
