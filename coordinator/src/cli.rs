@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
     name = "coordinator",
     version,
     about = "Run a plan of SQL Server Agent and command jobs across a fleet of sidecars",
-    after_help = "Exit codes: 0 every task succeeded, 1 a task failed/stopped/timed out, 2 bad input (nothing started), 3 fleet unreachable, 130 interrupted."
+    after_help = "Exit codes: 0 every task succeeded, 1 a task failed/stopped/timed out, 2 bad input (nothing started), 3 fleet unreachable, 4 the run ended but the store could not save all of it (nothing acknowledged; `attach RUN` re-imports), 130 interrupted."
 )]
 pub struct Cli {
     /// Log filter for diagnostics on stderr (e.g. "info", "agentfleet_coordinator=debug").
@@ -109,12 +109,19 @@ pub struct AttachArgs {
     pub show_logs: bool,
     #[arg(long, env = "AGENTFLEET_LOST_AFTER", default_value = "2m", value_parser = parse_duration)]
     pub lost_after: std::time::Duration,
-    /// Attach even though the store names a live process as the run's driver.
+    /// Take the run over even though another coordinator holds its lease (it renews it
+    /// every 5 s while it drives; a lease not renewed for 30 s is taken without --force).
+    /// Risky: if that coordinator is still alive, both place ready tasks until it notices
+    /// (within 5 s) and stops, so a job may run twice. Use it only when the holder is
+    /// known to be gone (e.g. its host is down) and waiting out the lease is not an option.
     #[arg(long)]
     pub force: bool,
     /// Set by `run --detach` for the background process it starts.
     #[arg(long, hide = true)]
     pub detached_child: bool,
+    /// Set by `run --detach`: the driver id whose lease the background process continues.
+    #[arg(long, hide = true)]
+    pub driver_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -153,6 +153,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX logs_run ON logs (run, id);
     CREATE INDEX logs_src ON logs (src, id);
     ",
+    // 3: the driver's lease (see `lease.rs`): which coordinator process drives a run
+    // (a random id per process) and until when, unless it renews. `driver_pid` and
+    // `driver_host` stay, for display.
+    "
+    ALTER TABLE runs ADD COLUMN driver_id TEXT;
+    ALTER TABLE runs ADD COLUMN lease_expires_ms INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.
