@@ -4,6 +4,7 @@
 //!
 //! - `schema`: opening a connection (WAL, busy timeout) and migrations.
 //! - `writer`: the batched writer thread; `StoreReporter` feeds it a run's events.
+//! - `batch`: one batch of the writer, committed under the run's lease, retried on failure.
 //! - `apply`: how one event changes the tables.
 //! - `queries`: reads for `runs`, `show`, `logs` and re-attaching.
 //! - `control`: small writes made by the commands themselves (a new run, cancel).
@@ -12,6 +13,7 @@
 //!
 //! Every process opens its own connections; several may use the file at once.
 mod apply;
+mod batch;
 mod control;
 mod history;
 mod lease;

@@ -31,11 +31,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::Connection;
 
-use super::losses::{Losses, execution_of};
+use super::batch::{Committed, Item, write_batch};
+pub use super::batch::{LeaseGuard, RetryPolicy};
+use super::losses::Losses;
 use super::{StoreError, apply, schema};
-use crate::events::{At, RunEvent, RunEventKind};
+use crate::events::{RunEvent, RunEventKind};
 
 /// Events in flight between the reporters and the writer thread.
 pub const CHANNEL_CAPACITY: usize = 8192;
@@ -47,36 +49,6 @@ pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// without it: bounded memory wins over exactly-once on resume. (The executor marks every
 /// sidecar event, and a sidecar event holds far fewer log lines than this.)
 pub const MAX_PENDING_PER_EXECUTION: usize = 10_000;
-
-/// How long a failing batch is retried before its events count as lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Retrying stops once the next wait would end past this (from the first failure).
-    pub retry_for: Duration,
-    /// The first wait; each next one doubles, up to `max_delay`.
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// 15 s: room for a disk to be freed or a long lock to pass (each attempt also waits
-    /// up to `BUSY_TIMEOUT` for a lock), short enough that a run on a full disk still ends
-    /// in reasonable time and says so.
-    fn default() -> Self {
-        Self {
-            retry_for: Duration::from_secs(15),
-            first_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(2),
-        }
-    }
-}
-
-/// Writes only while `driver_id` holds `run_id`'s lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseGuard {
-    pub run_id: String,
-    pub driver_id: String,
-}
 
 enum Msg {
     Event(RunEvent),
@@ -192,27 +164,6 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-enum Item {
-    Event(RunEvent),
-    Seq { at: At, seq: u64 },
-}
-
-impl Item {
-    fn execution(&self) -> Option<(&str, &str, u32)> {
-        match self {
-            Item::Event(ev) => execution_of(ev),
-            Item::Seq { at, .. } => Some((&at.execution_id, &at.task, at.attempt)),
-        }
-    }
-}
-
-/// What became of one batch.
-enum Committed {
-    Written,
-    /// Another driver holds the run's lease: nothing was written.
-    Superseded,
 }
 
 struct Worker {
@@ -415,39 +366,4 @@ impl Worker {
             }
         }
     }
-}
-
-fn write_batch(
-    conn: &mut Connection,
-    batch: &[Item],
-    log_keys: &mut apply::LogKeys,
-    guard: Option<&LeaseGuard>,
-) -> rusqlite::Result<Committed> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some(guard) = guard {
-        // In the batch's own transaction: a take-over commits either before (and this
-        // batch is not written) or after it.
-        let holder: Option<Option<String>> = tx
-            .prepare_cached("SELECT driver_id FROM runs WHERE run_id = ?1")?
-            .query_row(params![guard.run_id], |r| r.get(0))
-            .optional()?;
-        if let Some(Some(holder)) = holder
-            && holder != guard.driver_id
-        {
-            return Ok(Committed::Superseded);
-        }
-    }
-    for item in batch {
-        match item {
-            Item::Event(ev) => apply::apply(&tx, ev, log_keys)?,
-            Item::Seq { at, seq } => {
-                tx.prepare_cached(
-                    "UPDATE executions SET last_seq = max(last_seq, ?2) WHERE execution_id = ?1",
-                )?
-                .execute(params![at.execution_id, *seq as i64])?;
-            }
-        }
-    }
-    tx.commit()?;
-    Ok(Committed::Written)
 }
