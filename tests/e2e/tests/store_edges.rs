@@ -1,0 +1,222 @@
+//! The run store at its edges, with the real binaries: two coordinators racing to take
+//! over one orphaned run (exactly one drives it, no job runs twice), and a coordinator
+//! home on a disk too small for the run's logs (nothing unsaved is acknowledged, the exit
+//! code says so, and `attach` re-imports the rest once there is room).
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agentfleet_e2e::background::BackgroundCoordinator;
+use agentfleet_e2e::faults::CountingJob;
+use agentfleet_e2e::files::toml_str;
+use agentfleet_e2e::tmpfs::Tmpfs;
+use agentfleet_e2e::{SidecarOptions, TestEnv, wait_until};
+use serde_json::Value;
+
+/// Until a run has placed and stored its first execution, or a process is gone.
+const STARTUP: Duration = Duration::from_secs(30);
+/// Until a coordinator that drives a run to its end is done.
+const RUN_TIMEOUT: Duration = Duration::from_secs(110);
+
+fn run_args<'a>(plan: &'a Path, fleet: &'a Path, extra: &'a [&'a str]) -> Vec<&'a OsStr> {
+    let mut args = vec![
+        OsStr::new("run"),
+        plan.as_os_str(),
+        OsStr::new("--fleet"),
+        fleet.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    args
+}
+
+/// `coordinator show last --json`, or None while the store has no run to show.
+fn try_show_last(env: &TestEnv) -> Option<Value> {
+    let out = agentfleet_e2e::coordinator::run(
+        env.path(),
+        &env.path().join("home"),
+        ["show", "last", "--json"],
+        &[],
+    );
+    serde_json::from_str(&out.stdout).ok()
+}
+
+#[test]
+fn two_attaches_of_an_orphaned_run_one_drives_the_other_is_refused() {
+    let env = TestEnv::new("attach-race");
+    // Three jobs, one at a time (max_parallel = 1): when the driver dies during the
+    // first, two are still to be placed, which is where two drivers would both start them.
+    let jobs: Vec<CountingJob> = ["count-a", "count-b", "count-c"]
+        .iter()
+        .map(|name| {
+            let markers = env.path().join(format!("markers-{name}"));
+            CountingJob::new(name, 100, Duration::from_millis(10), &markers)
+        })
+        .collect();
+    let jobs_toml: String = jobs.iter().map(CountingJob::toml).collect();
+    let sidecar = env.start_sidecar("s1", &jobs_toml, SidecarOptions::default());
+    let fleet = env.write_fleet(&[&sidecar]);
+    let tasks: String = jobs
+        .iter()
+        .map(|j| format!("\n[[task]]\nname = {0}\njob = {0}\n", toml_str(&j.name)))
+        .collect();
+    let plan = env.write_file(
+        "plan.toml",
+        &format!("[plan]\nname = \"race\"\nmax_parallel = 1\n{tasks}"),
+    );
+
+    let mut first = BackgroundCoordinator::spawn(&env, run_args(&plan, &fleet, &["--json"]));
+    wait_until(STARTUP, "the first task's execution in the store", || {
+        let show = try_show_last(&env)?;
+        let executions = show["executions"].as_array()?;
+        executions
+            .iter()
+            .any(|e| e["last_seq"].as_u64() > Some(0))
+            .then_some(())
+    });
+    let killed = first.kill();
+    assert_eq!(killed.code(), None, "the coordinator was killed: {killed}");
+
+    // Both at once, on the orphaned run.
+    let mut one = BackgroundCoordinator::spawn(&env, ["attach", "last", "--json"]);
+    let mut two = BackgroundCoordinator::spawn(&env, ["attach", "last", "--json"]);
+    let pids = (one.pid(), two.pid());
+    let (one, two) = (one.finish(RUN_TIMEOUT), two.finish(RUN_TIMEOUT));
+    let ((winner, winner_pid), (loser, _)) = if one.code() == Some(0) {
+        ((one, pids.0), (two, pids.1))
+    } else {
+        ((two, pids.1), (one, pids.0))
+    };
+    assert_eq!(
+        winner.code(),
+        Some(0),
+        "one attach drives the run to its end:\n{winner}\n{loser}"
+    );
+    assert_eq!(
+        loser.code(),
+        Some(2),
+        "the other is refused:\n{loser}\n{winner}"
+    );
+    let holder = format!("process {winner_pid} on host ");
+    assert!(
+        loser.stderr.contains("is driven by another coordinator")
+            && loser.stderr.contains(&holder)
+            && loser.stderr.contains("lease until "),
+        "the refusal names the driver ({holder}...) and its lease:\n{loser}"
+    );
+    assert!(
+        loser.events().all().is_empty(),
+        "the refused attach drove nothing:\n{loser}"
+    );
+    for job in &jobs {
+        assert_eq!(job.runs(), 1, "`{}` ran {} times", job.name, job.runs());
+    }
+    let show = try_show_last(&env).expect("show last");
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    assert_eq!(
+        show["executions"].as_array().map(Vec::len),
+        Some(3),
+        "{show:#}"
+    );
+}
+
+/// Lines the store-filling job prints: 200 000 of 100 bytes (20 MB).
+const BIG_LINES: u32 = 200_000;
+
+fn big_line(i: u32) -> String {
+    format!("line-{i:06}-{}", "x".repeat(88))
+}
+
+/// The execution directories a sidecar's journal holds.
+fn journal_entries(state_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(state_dir.join("executions"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_full_store_is_not_acknowledged_exits_4_and_attach_re_imports_once_there_is_room() {
+    let env = TestEnv::new("store-full");
+    let home: PathBuf = env.path().join("home");
+    let disk = match Tmpfs::mount(&home, "2m") {
+        Ok(disk) => disk,
+        Err(e) => {
+            eprintln!("skipped: cannot mount tmpfs ({e})");
+            return;
+        }
+    };
+    let job = format!(
+        "[[job]]\nname = \"big\"\n[[job.step]]\nname = \"print\"\nrun = [\"seq\", \"-f\", {}, \"1\", \"{BIG_LINES}\"]\n",
+        toml_str(format!("line-%06g-{}", "x".repeat(88)))
+    );
+    let sidecar = env.start_sidecar("s1", &job, SidecarOptions::default());
+    let fleet = env.write_fleet(&[&sidecar]);
+    let plan = env.write_file(
+        "plan.toml",
+        "[plan]\nname = \"full\"\n\n[[task]]\nname = \"big\"\njob = \"big\"\n",
+    );
+
+    let out = env.coordinator(run_args(&plan, &fleet, &[]));
+    assert_eq!(
+        out.code(),
+        Some(4),
+        "a record the store could not keep:\n{out}"
+    );
+    let entries = journal_entries(sidecar.state_dir());
+    assert_eq!(
+        entries.len(),
+        1,
+        "the sidecar keeps the journal: {entries:?}\n{out}"
+    );
+    let execution = &entries[0];
+    for said in [
+        "could not save",
+        &format!("execution {execution} (task big, attempt 1): "),
+        "free space in",
+        "coordinator attach",
+    ] {
+        assert!(
+            out.stderr.contains(said),
+            "the message says `{said}`:\n{out}"
+        );
+    }
+
+    disk.resize("256m").expect("grow the coordinator's disk");
+    let attach = env.coordinator(["attach", "last"]);
+    assert_eq!(
+        attach.code(),
+        Some(0),
+        "attach re-imports the rest:\n{attach}"
+    );
+    let logs = env.coordinator(["logs", "last"]);
+    assert_eq!(logs.code(), Some(0), "{logs}");
+    let stored: Vec<&str> = logs
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("big/print/stdout | "))
+        .collect();
+    assert_eq!(stored.len(), BIG_LINES as usize, "every line stored once");
+    if let Some(i) = (1..=BIG_LINES).position(|i| stored[i as usize - 1] != big_line(i)) {
+        panic!(
+            "stored line #{} is {:?}, not {:?}",
+            i + 1,
+            stored[i],
+            big_line(i as u32 + 1)
+        );
+    }
+    let show = try_show_last(&env).expect("show last");
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    // Complete now, and acknowledged: the sidecar lets its copy go.
+    wait_until(
+        STARTUP,
+        "the sidecar to prune the acknowledged journal",
+        || {
+            journal_entries(sidecar.state_dir())
+                .is_empty()
+                .then_some(())
+        },
+    );
+}
