@@ -81,6 +81,15 @@ fn two_attaches_of_an_orphaned_run_one_drives_the_other_is_refused() {
     let mut two = BackgroundCoordinator::spawn(&env, ["attach", "last", "--json"]);
     let pids = (one.pid(), two.pid());
     let (one, two) = (one.finish(RUN_TIMEOUT), two.finish(RUN_TIMEOUT));
+    for job in &jobs {
+        assert_eq!(
+            job.runs(),
+            1,
+            "`{}` ran {} times:\n{one}\n{two}",
+            job.name,
+            job.runs()
+        );
+    }
     let ((winner, winner_pid), (loser, _)) = if one.code() == Some(0) {
         ((one, pids.0), (two, pids.1))
     } else {
@@ -107,9 +116,6 @@ fn two_attaches_of_an_orphaned_run_one_drives_the_other_is_refused() {
         loser.events().all().is_empty(),
         "the refused attach drove nothing:\n{loser}"
     );
-    for job in &jobs {
-        assert_eq!(job.runs(), 1, "`{}` ran {} times", job.name, job.runs());
-    }
     let show = try_show_last(&env).expect("show last");
     assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
     assert_eq!(
