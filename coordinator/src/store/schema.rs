@@ -186,8 +186,10 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // WAL: readers never block the writer and vice versa; NORMAL: a commit is durable
-    // once the WAL is synced at checkpoint, which survives a process crash (the case that
-    // matters here) and costs one fsync per checkpoint instead of per batch.
+    // once the WAL is synced at checkpoint, which survives a process crash and costs one
+    // fsync per checkpoint instead of per batch. A power loss may take the last commits:
+    // hence nothing is acknowledged to a sidecar (which then deletes its copy) before a
+    // commit made with synchronous=FULL has synced the WAL (`Store::end_drive`).
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
