@@ -1,5 +1,6 @@
 //! The run store at its edges, with the real binaries: two coordinators racing to take
-//! over one orphaned run (exactly one drives it, no job runs twice), and a coordinator
+//! over one orphaned run (exactly one drives it, no job runs twice), a driver whose run
+//! is taken over with `attach --force` (it stops and starts nothing more), and a coordinator
 //! home on a disk too small for the run's logs (nothing unsaved is acknowledged, the exit
 //! code says so, and `attach` re-imports the rest once there is room).
 use std::ffi::OsStr;
@@ -10,7 +11,7 @@ use agentfleet_e2e::background::BackgroundCoordinator;
 use agentfleet_e2e::faults::CountingJob;
 use agentfleet_e2e::files::toml_str;
 use agentfleet_e2e::tmpfs::Tmpfs;
-use agentfleet_e2e::{SidecarOptions, TestEnv, wait_until};
+use agentfleet_e2e::{CoordinatorOutput, Sidecar, SidecarOptions, TestEnv, wait_until};
 use serde_json::Value;
 
 /// Until a run has placed and stored its first execution, or a process is gone.
@@ -40,16 +41,19 @@ fn try_show_last(env: &TestEnv) -> Option<Value> {
     serde_json::from_str(&out.stdout).ok()
 }
 
-#[test]
-fn two_attaches_of_an_orphaned_run_one_drives_the_other_is_refused() {
-    let env = TestEnv::new("attach-race");
-    // Three jobs, one at a time (max_parallel = 1): when the driver dies during the
-    // first, two are still to be placed, which is where two drivers would both start them.
+/// Three counting jobs run one at a time (max_parallel = 1), each ~1.2 s (`lines` lines,
+/// 10 ms apart): while the first runs, two are still to be placed, which is where two
+/// drivers of the run would both start them. Returns the jobs, the sidecar and the plan
+/// and fleet files.
+fn three_jobs_one_at_a_time(
+    env: &TestEnv,
+    lines: u32,
+) -> (Vec<CountingJob>, Sidecar, PathBuf, PathBuf) {
     let jobs: Vec<CountingJob> = ["count-a", "count-b", "count-c"]
         .iter()
         .map(|name| {
             let markers = env.path().join(format!("markers-{name}"));
-            CountingJob::new(name, 100, Duration::from_millis(10), &markers)
+            CountingJob::new(name, lines, Duration::from_millis(10), &markers)
         })
         .collect();
     let jobs_toml: String = jobs.iter().map(CountingJob::toml).collect();
@@ -63,16 +67,37 @@ fn two_attaches_of_an_orphaned_run_one_drives_the_other_is_refused() {
         "plan.toml",
         &format!("[plan]\nname = \"race\"\nmax_parallel = 1\n{tasks}"),
     );
+    (jobs, sidecar, plan, fleet)
+}
 
-    let mut first = BackgroundCoordinator::spawn(&env, run_args(&plan, &fleet, &["--json"]));
+/// Waits until the store holds an execution of the last run with a sequence number.
+fn wait_for_stored_execution(env: &TestEnv) {
     wait_until(STARTUP, "the first task's execution in the store", || {
-        let show = try_show_last(&env)?;
+        let show = try_show_last(env)?;
         let executions = show["executions"].as_array()?;
         executions
             .iter()
             .any(|e| e["last_seq"].as_u64() > Some(0))
             .then_some(())
     });
+}
+
+fn assert_each_ran_once(jobs: &[CountingJob], outputs: &[&CoordinatorOutput]) {
+    for job in jobs {
+        let runs = job.runs();
+        if runs != 1 {
+            let outputs: Vec<String> = outputs.iter().map(|o| o.to_string()).collect();
+            panic!("`{}` ran {runs} times:\n{}", job.name, outputs.join("\n"));
+        }
+    }
+}
+
+#[test]
+fn two_attaches_of_an_orphaned_run_one_drives_the_other_is_refused() {
+    let env = TestEnv::new("attach-race");
+    let (jobs, _sidecar, plan, fleet) = three_jobs_one_at_a_time(&env, 100);
+    let mut first = BackgroundCoordinator::spawn(&env, run_args(&plan, &fleet, &["--json"]));
+    wait_for_stored_execution(&env);
     let killed = first.kill();
     assert_eq!(killed.code(), None, "the coordinator was killed: {killed}");
 
@@ -81,15 +106,7 @@ fn two_attaches_of_an_orphaned_run_one_drives_the_other_is_refused() {
     let mut two = BackgroundCoordinator::spawn(&env, ["attach", "last", "--json"]);
     let pids = (one.pid(), two.pid());
     let (one, two) = (one.finish(RUN_TIMEOUT), two.finish(RUN_TIMEOUT));
-    for job in &jobs {
-        assert_eq!(
-            job.runs(),
-            1,
-            "`{}` ran {} times:\n{one}\n{two}",
-            job.name,
-            job.runs()
-        );
-    }
+    assert_each_ran_once(&jobs, &[&one, &two]);
     let ((winner, winner_pid), (loser, _)) = if one.code() == Some(0) {
         ((one, pids.0), (two, pids.1))
     } else {
@@ -116,6 +133,7 @@ fn two_attaches_of_an_orphaned_run_one_drives_the_other_is_refused() {
         loser.events().all().is_empty(),
         "the refused attach drove nothing:\n{loser}"
     );
+    eprintln!("the refused attach said: {}", loser.stderr.trim());
     let show = try_show_last(&env).expect("show last");
     assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
     assert_eq!(
@@ -123,6 +141,41 @@ fn two_attaches_of_an_orphaned_run_one_drives_the_other_is_refused() {
         Some(3),
         "{show:#}"
     );
+}
+
+#[test]
+fn a_driver_whose_run_is_taken_with_force_stops_and_starts_nothing_more() {
+    let env = TestEnv::new("attach-force");
+    // Longer jobs (~3.5 s each): the run is taken over while its first task runs.
+    let (jobs, _sidecar, plan, fleet) = three_jobs_one_at_a_time(&env, 300);
+    let mut first = BackgroundCoordinator::spawn(&env, run_args(&plan, &fleet, &["--json"]));
+    wait_for_stored_execution(&env);
+
+    let taken = env.coordinator(["attach", "last", "--force", "--json"]);
+    let first = first.finish(RUN_TIMEOUT);
+    assert_each_ran_once(&jobs, &[&first, &taken]);
+    assert_eq!(
+        taken.code(),
+        Some(0),
+        "the forced attach drives the run:\n{taken}"
+    );
+    assert_eq!(
+        first.code(),
+        Some(1),
+        "the first driver stops once it finds its lease taken:\n{first}"
+    );
+    assert!(
+        first.stderr.contains("lost the lease of run"),
+        "and says so:\n{first}"
+    );
+    let events = first.events();
+    assert_eq!(
+        events.of_type("task_placed").len(),
+        1,
+        "the first driver placed only the first task:\n{first}"
+    );
+    let show = try_show_last(&env).expect("show last");
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
 }
 
 /// Lines the store-filling job prints: 200 000 of 100 bytes (20 MB).
@@ -190,6 +243,7 @@ fn a_full_store_is_not_acknowledged_exits_4_and_attach_re_imports_once_there_is_
         );
     }
 
+    eprintln!("the run on a full store said: {}", out.stderr.trim());
     disk.resize("256m").expect("grow the coordinator's disk");
     let attach = env.coordinator(["attach", "last"]);
     assert_eq!(
