@@ -55,7 +55,7 @@ pub enum Command {
     Show(ShowArgs),
     /// The run's central log, in order; --follow tails a live run.
     Logs(LogsArgs),
-    /// Re-attach to a run that is still going (after --detach, Ctrl-C of a detached run, a closed laptop or a crash) and drive it to the end.
+    /// Re-attach to a run that is still going (after --detach, Ctrl-C of a detached run, a closed laptop or a crash), or whose record is incomplete (exit 4), and drive it to the end.
     Attach(AttachArgs),
     /// Stop a run: no new tasks, running jobs are stopped on their sidecars.
     Cancel(CancelArgs),
@@ -111,9 +111,10 @@ pub struct AttachArgs {
     pub lost_after: std::time::Duration,
     /// Take the run over even though another coordinator holds its lease (it renews it
     /// every 5 s while it drives; a lease not renewed for 30 s is taken without --force).
-    /// Risky: if that coordinator is still alive, both place ready tasks until it notices
-    /// (within 5 s) and stops, so a job may run twice. Use it only when the holder is
-    /// known to be gone (e.g. its host is down) and waiting out the lease is not an option.
+    /// If that coordinator is in fact alive, it is cut off: it can start no job once the
+    /// lease is taken (every placement checks it), stops driving within 5 s and exits 1,
+    /// but until then it may still stop running jobs (its Ctrl-C, a task or plan timeout).
+    /// Meant for a holder known to be gone (e.g. its host is down).
     #[arg(long)]
     pub force: bool,
     /// Set by `run --detach` for the background process it starts.

@@ -220,8 +220,9 @@ fn take_lease(store: &Store, run_id: &str, driver: &Driver, force: bool) -> Resu
         Err(holder) => Err(CliError::bad_input(format!(
             "run {run_id} is driven by another coordinator: {} (it renews the lease every {}s while it drives). \
              Watch it with `coordinator logs {id} --follow`, stop it with `coordinator cancel {id}`; \
-             if that coordinator is gone, `attach` takes the run over once its lease has expired \
-             (--force does it now, but if that coordinator is still alive both place tasks and a job may run twice)",
+             if that coordinator is gone, `attach` takes the run over once its lease has expired, \
+             or now with --force (a live holder is cut off: it starts nothing more, but until it \
+             notices it may still stop running jobs)",
             holder.describe(),
             LEASE_RENEW_EVERY.as_secs(),
             id = short(run_id),
