@@ -15,6 +15,7 @@
 //!
 //! - `drive`: the drive loop and what happens at its end (durable record, acknowledgement).
 //! - `keeper`: the thread that renews the lease and notices `coordinator cancel`.
+//! - `reimport`: re-watching lost-in-part attempts of tasks that have finished since.
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AttachArgs, CancelArgs};
+use crate::commands::{fleet_of, take_stock};
 use crate::dispatch::{PriorExecution, PriorTask};
 use crate::error::{CliError, exit};
 use crate::events::TaskOutcome;
@@ -30,6 +32,7 @@ use crate::store::{self, Driver, LEASE_RENEW_EVERY, LeaseHolder, RunSnapshot, St
 
 mod drive;
 mod keeper;
+mod reimport;
 
 pub use drive::{DriveOptions, drive};
 use keeper::CANCEL_POLL;
@@ -128,9 +131,16 @@ pub async fn attach(
     // Read only once the lease is ours: a driver that lost it writes nothing after that,
     // so every last_seq read here is final and each watch resumes exactly where it ends.
     let snapshot = store.run_snapshot(&run.run_id).map_err(store_error)?;
-    let plan = match stored_plan(&snapshot) {
-        Ok(plan) => plan,
+    let prepared = async {
+        let plan = stored_plan(&snapshot)?;
+        let stock = take_stock(fleet_of(&plan)?).await?;
+        reimport::reimport_stale(&store, &snapshot, &stock.0, &driver).await?;
+        Ok::<_, CliError>((plan, stock))
+    };
+    let (plan, stock) = match prepared.await {
+        Ok(prepared) => prepared,
         Err(e) => {
+            // Not driving after all: let the next `attach` take the run at once.
             let _ = Store::open(home).and_then(|mut s| s.end_drive(&run.run_id, &driver, None));
             return Err(e);
         }
@@ -149,7 +159,7 @@ pub async fn attach(
         prior_from(&snapshot),
         &options,
         interrupt,
-        None,
+        Some(stock),
     )
     .await
 }

@@ -84,6 +84,22 @@ impl Store {
         Ok(())
     }
 
+    /// Ends an execution re-imported after its task had finished (`attach`): only its
+    /// own row; the task keeps what its last attempt recorded.
+    pub fn close_reimported_execution(
+        &self,
+        execution_id: &str,
+        status: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE executions SET status = ?2, message = ?3, finished_ms = ?4
+              WHERE execution_id = ?1 AND finished_ms IS NULL",
+            params![execution_id, status, message, agentfleet_common::now_ms()],
+        )?;
+        Ok(())
+    }
+
     /// Asks the process driving `run_id` to stop it (it polls [`Store::cancel_requested`]).
     pub fn request_cancel(&self, run_id: &str) -> Result<(), StoreError> {
         let n = self.conn.execute(

@@ -2,7 +2,8 @@
 //! over one orphaned run (exactly one drives it, no job runs twice), a driver whose run
 //! is taken over with `attach --force` (it stops and starts nothing more), and a coordinator
 //! home on a disk too small for the run's logs (nothing unsaved is acknowledged, the exit
-//! code says so, and `attach` re-imports the rest once there is room).
+//! code says so, and `attach` re-imports the rest once there is room; also an attempt
+//! whose events the store lost although its task finished since).
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -278,5 +279,114 @@ fn a_full_store_is_not_acknowledged_exits_4_and_attach_re_imports_once_there_is_
                 .is_empty()
                 .then_some(())
         },
+    );
+}
+
+/// A job that prints `line-1` … `line-300`, then fails on its first run and succeeds on
+/// the next (a marker file says which); `markers/flaky-runs` counts its runs.
+fn flaky_job(markers: &Path) -> String {
+    let script = "echo \"$AGENTFLEET_EXECUTION_ID\" >> \"$MARKERS/flaky-runs\"; \
+         i=1; while [ $i -le 300 ]; do echo line-$i; i=$((i+1)); done; \
+         if [ -e \"$MARKERS/flaky-ran\" ]; then exit 0; fi; touch \"$MARKERS/flaky-ran\"; exit 1";
+    format!(
+        "[[job]]\nname = \"flaky\"\nenv = {{ MARKERS = {} }}\n[[job.step]]\nname = \"print\"\nrun = [\"sh\", \"-c\", {}]\n",
+        agentfleet_e2e::files::toml_path(markers),
+        toml_str(script)
+    )
+}
+
+/// Takes every event of `execution_id` out of the store at `home`, as a full disk would
+/// have kept them out: no steps, no log lines, `last_seq` 0, not finished.
+fn forget_execution(home: &Path, execution_id: &str) {
+    let db = rusqlite::Connection::open(home.join("agentfleet.db")).expect("open the store");
+    db.execute_batch(&format!(
+        "BEGIN;
+         DELETE FROM logs WHERE src IN
+             (SELECT id FROM log_sources WHERE execution_id = '{execution_id}');
+         DELETE FROM steps WHERE execution_id = '{execution_id}';
+         UPDATE executions SET last_seq = 0, finished_ms = NULL, status = 'running'
+             WHERE execution_id = '{execution_id}';
+         COMMIT;"
+    ))
+    .expect("take the execution's events out of the store");
+}
+
+#[test]
+fn attach_re_imports_a_lost_attempt_of_a_task_that_finished_since() {
+    let env = TestEnv::new("reimport-attempt");
+    let markers = env.path().join("markers");
+    let slow = CountingJob::new("slow", 600, Duration::from_millis(10), &markers);
+    let jobs = format!("{}{}", flaky_job(&markers), slow.toml());
+    let _sidecar = env.start_sidecar("s1", &jobs, SidecarOptions::default());
+    let fleet = env.write_fleet(&[&_sidecar]);
+    let plan = env.write_file(
+        "plan.toml",
+        "[plan]\nname = \"reimport\"\n\n[[task]]\nname = \"flaky\"\njob = \"flaky\"\nretries = 1\n\n\
+         [[task]]\nname = \"slow\"\njob = \"slow\"\nafter = [\"flaky\"]\n",
+    );
+
+    // Killed while `slow` runs: both attempts of `flaky` are stored and not acknowledged.
+    let mut first = BackgroundCoordinator::spawn(&env, run_args(&plan, &fleet, &["--json"]));
+    let first_attempt = wait_until(STARTUP, "`slow` to run, stored", || {
+        let show = try_show_last(&env)?;
+        let executions = show["executions"].as_array()?;
+        executions
+            .iter()
+            .any(|e| e["task"] == "slow" && e["last_seq"].as_u64() > Some(0))
+            .then_some(())?;
+        let attempt = executions
+            .iter()
+            .find(|e| e["task"] == "flaky" && e["attempt"] == 1)?;
+        Some(attempt["execution_id"].as_str()?.to_owned())
+    });
+    let killed = first.kill();
+    assert_eq!(killed.code(), None, "the coordinator was killed: {killed}");
+    forget_execution(&env.path().join("home"), &first_attempt);
+
+    let out = env.coordinator(["attach", "last"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "re-importing execution {first_attempt} (task flaky, attempt 1)"
+        )),
+        "{out}"
+    );
+    let logs = env.coordinator(["logs", "last", "--task", "flaky"]);
+    let expected: Vec<String> = (1..=300).map(|i| format!("line-{i}")).collect();
+    for prefix in ["flaky/print/stdout | ", "flaky#2/print/stdout | "] {
+        let lines: Vec<&str> = logs
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .collect();
+        assert_eq!(
+            lines, expected,
+            "`{prefix}` lines, each once and in order:\n{logs}"
+        );
+    }
+    let runs = std::fs::read_to_string(markers.join("flaky-runs")).unwrap_or_default();
+    assert_eq!(
+        runs.lines().count(),
+        2,
+        "`flaky` ran twice, no more:\n{runs}"
+    );
+    let show = try_show_last(&env).expect("show last");
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    let attempt = show["executions"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|e| e["execution_id"] == first_attempt.as_str())
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(attempt["status"], "failed", "{show:#}");
+    assert!(attempt["finished_ms"].as_i64().is_some(), "{show:#}");
+    let tasks = show["tasks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t["task"] == "flaky" && t["status"] == "succeeded"),
+        "the task keeps its last attempt's outcome: {show:#}"
     );
 }
