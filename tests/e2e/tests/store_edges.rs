@@ -345,12 +345,6 @@ fn attach_re_imports_a_lost_attempt_of_a_task_that_finished_since() {
 
     let out = env.coordinator(["attach", "last"]);
     assert_eq!(out.code(), Some(0), "{out}");
-    assert!(
-        out.stderr.contains(&format!(
-            "re-importing execution {first_attempt} (task flaky, attempt 1)"
-        )),
-        "{out}"
-    );
     let logs = env.coordinator(["logs", "last", "--task", "flaky"]);
     let expected: Vec<String> = (1..=300).map(|i| format!("line-{i}")).collect();
     for prefix in ["flaky/print/stdout | ", "flaky#2/print/stdout | "] {
@@ -364,6 +358,12 @@ fn attach_re_imports_a_lost_attempt_of_a_task_that_finished_since() {
             "`{prefix}` lines, each once and in order:\n{logs}"
         );
     }
+    assert!(
+        out.stderr.contains(&format!(
+            "re-importing execution {first_attempt} (task flaky, attempt 1)"
+        )),
+        "{out}"
+    );
     let runs = std::fs::read_to_string(markers.join("flaky-runs")).unwrap_or_default();
     assert_eq!(
         runs.lines().count(),
