@@ -63,7 +63,7 @@ pub async fn reimport_stale(
         let sidecar = sidecars.iter().find(|s| s.name == row.sidecar);
         let Some(sidecar) = sidecar.filter(|_| known.contains(&row.execution_id)) else {
             eprintln!(
-                "warning: execution {} (task {}, attempt {}) is no longer on sidecar {}: the events the store lacks cannot be re-imported",
+                "warning: execution {} (task {}, attempt {}) is unfinished in the store but not on sidecar {} (never started, or pruned): nothing to re-import from it",
                 row.execution_id, row.task, row.attempt, row.sidecar
             );
             continue;

@@ -62,17 +62,6 @@ impl Store {
         Ok(())
     }
 
-    /// Writes one event right away, in its own transaction (the placement of an execution,
-    /// before its StartJob is sent); the writer applies it again later, harmlessly.
-    pub fn record_event(&mut self, event: &crate::events::RunEvent) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        super::apply::apply(&tx, event, &mut super::apply::LogKeys::default())?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Closes an execution whose start its sidecar refused (busy): it never ran, so a
     /// later `attach` must not re-attach to it.
     pub fn close_refused_execution(&self, execution_id: &str) -> Result<(), StoreError> {
