@@ -117,9 +117,6 @@ pub struct AttachArgs {
     /// Meant for a holder known to be gone (e.g. its host is down).
     #[arg(long)]
     pub force: bool,
-    /// Set by `run --detach` for the background process it starts.
-    #[arg(long, hide = true)]
-    pub detached_child: bool,
     /// Set by `run --detach`: the driver id whose lease the background process continues.
     #[arg(long, hide = true)]
     pub driver_id: Option<String>,

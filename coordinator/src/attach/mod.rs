@@ -205,7 +205,6 @@ pub async fn cancel(args: CancelArgs, home: &Path) -> Result<i32, CliError> {
         show_logs: false,
         lost_after: Duration::from_secs(60),
         force: false,
-        detached_child: false,
         driver_id: None,
     };
     attach(attach_args, home, CancellationToken::new())
@@ -258,13 +257,7 @@ pub fn detach(run_id: &str, home: &Path, driver: &Driver) -> Result<i32, CliErro
     command
         .arg("--home")
         .arg(home)
-        .args([
-            "attach",
-            run_id,
-            "--detached-child",
-            "--driver-id",
-            &driver.id,
-        ])
+        .args(["attach", run_id, "--driver-id", &driver.id])
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(err);
