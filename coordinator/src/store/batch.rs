@@ -5,6 +5,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::apply;
+use super::lease::LEASE_TTL;
 use super::losses::execution_of;
 use crate::events::{At, RunEvent};
 
@@ -68,18 +69,10 @@ pub(super) fn write_batch(
     guard: Option<&LeaseGuard>,
 ) -> rusqlite::Result<Committed> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some(guard) = guard {
-        // In the batch's own transaction: a take-over commits either before (and this
-        // batch is not written) or after it.
-        let holder: Option<Option<String>> = tx
-            .prepare_cached("SELECT driver_id FROM runs WHERE run_id = ?1")?
-            .query_row(params![guard.run_id], |r| r.get(0))
-            .optional()?;
-        if let Some(Some(holder)) = holder
-            && holder != guard.driver_id
-        {
-            return Ok(Committed::Superseded);
-        }
+    if let Some(guard) = guard
+        && !holds_lease(&tx, guard)?
+    {
+        return Ok(Committed::Superseded);
     }
     for item in batch {
         match item {
@@ -94,4 +87,29 @@ pub(super) fn write_batch(
     }
     tx.commit()?;
     Ok(Committed::Written)
+}
+
+/// True unless another driver holds the run (a run recorded without a lease, or none, is
+/// anyone's). In the batch's own transaction: a take-over commits either before (and the
+/// batch is not written) or after it. A held lease is renewed too, so a long re-import
+/// before the drive's keeper starts does not let it lapse.
+fn holds_lease(tx: &rusqlite::Transaction<'_>, guard: &LeaseGuard) -> rusqlite::Result<bool> {
+    let expires = agentfleet_common::now_ms() + LEASE_TTL.as_millis() as i64;
+    let renewed = tx
+        .prepare_cached(
+            "UPDATE runs SET lease_expires_ms = max(lease_expires_ms, ?3)
+             WHERE run_id = ?1 AND driver_id = ?2 AND lease_expires_ms IS NOT NULL",
+        )?
+        .execute(params![guard.run_id, guard.driver_id, expires])?;
+    if renewed == 1 {
+        return Ok(true);
+    }
+    let holder: Option<Option<String>> = tx
+        .prepare_cached("SELECT driver_id FROM runs WHERE run_id = ?1")?
+        .query_row(params![guard.run_id], |r| r.get(0))
+        .optional()?;
+    Ok(match holder {
+        Some(Some(holder)) => holder == guard.driver_id,
+        _ => true,
+    })
 }
