@@ -9,8 +9,9 @@
 //!
 //! Everything a driver writes for a run checks the lease in the same transaction: a
 //! placement (written before its StartJob, see `record_placement`) and every batch of the
-//! writer (see `writer.rs`). So a driver that lost its lease can neither start a job nor
-//! overwrite what the new driver records, whatever its clock or timers say.
+//! writer (see `batch.rs`); both also renew the lease they hold. So a driver that lost its
+//! lease can neither start a job nor overwrite what the new driver records, whatever its
+//! clock or timers say.
 //!
 //! Expiry compares wall clocks: the hosts sharing a store must agree on the time to well
 //! within the TTL (NTP does).
