@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
     name = "coordinator",
     version,
     about = "Run a plan of SQL Server Agent and command jobs across a fleet of sidecars",
-    after_help = "Exit codes: 0 every task succeeded, 1 a task failed/stopped/timed out, 2 bad input (nothing started), 3 fleet unreachable, 130 interrupted."
+    after_help = "Exit codes: 0 every task succeeded, 1 a task failed/stopped/timed out, 2 bad input (nothing started), 3 fleet unreachable, 4 the run ended but the store could not save all of it (nothing acknowledged; `attach RUN` re-imports), 130 interrupted."
 )]
 pub struct Cli {
     /// Log filter for diagnostics on stderr (e.g. "info", "agentfleet_coordinator=debug").
@@ -55,7 +55,7 @@ pub enum Command {
     Show(ShowArgs),
     /// The run's central log, in order; --follow tails a live run.
     Logs(LogsArgs),
-    /// Re-attach to a run that is still going (after --detach, Ctrl-C of a detached run, a closed laptop or a crash) and drive it to the end.
+    /// Re-attach to a run that is still going (after --detach, Ctrl-C of a detached run, a closed laptop or a crash), or whose record is incomplete (exit 4), and drive it to the end.
     Attach(AttachArgs),
     /// Stop a run: no new tasks, running jobs are stopped on their sidecars.
     Cancel(CancelArgs),
@@ -109,12 +109,17 @@ pub struct AttachArgs {
     pub show_logs: bool,
     #[arg(long, env = "AGENTFLEET_LOST_AFTER", default_value = "2m", value_parser = parse_duration)]
     pub lost_after: std::time::Duration,
-    /// Attach even though the store names a live process as the run's driver.
+    /// Take the run over even though another coordinator holds its lease (it renews it
+    /// every 5 s while it drives; a lease not renewed for 30 s is taken without --force).
+    /// If that coordinator is in fact alive, it is cut off: it can start no job once the
+    /// lease is taken (every placement checks it), stops driving within 5 s and exits 1,
+    /// but until then it may still stop running jobs (its Ctrl-C, a task or plan timeout).
+    /// Meant for a holder known to be gone (e.g. its host is down).
     #[arg(long)]
     pub force: bool,
-    /// Set by `run --detach` for the background process it starts.
+    /// Set by `run --detach`: the driver id whose lease the background process continues.
     #[arg(long, hide = true)]
-    pub detached_child: bool,
+    pub driver_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

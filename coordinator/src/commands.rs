@@ -108,23 +108,31 @@ pub async fn run(args: RunArgs, interrupt: CancellationToken) -> Result<i32, Cli
     check_placeable(&plan, &probe, &infos)?;
     drop(probe);
     let home = store::home_dir(args.home.as_deref()).map_err(crate::attach::store_error)?;
-    record_run(&args, &plan, &run_id, &home)?;
+    let driver = store::Driver::this_process();
+    record_run(&args, &plan, &run_id, &home, &driver)?;
     if args.detach {
-        return crate::attach::detach(&run_id, &home);
+        return crate::attach::detach(&run_id, &home, &driver);
     }
     let options = crate::attach::DriveOptions {
         json: args.json,
         show_logs: args.show_logs,
         lost_after: args.lost_after,
         home,
+        driver,
     };
     let stock = Some((sidecars, infos));
     crate::attach::drive(&plan, &run_id, BTreeMap::new(), &options, interrupt, stock).await
 }
 
-/// Records the new run in the central store (nothing has started yet, so a store that
-/// cannot be opened is bad input) and returns the reporter that saves its events.
-fn record_run(args: &RunArgs, plan: &Plan, run_id: &str, home: &Path) -> Result<(), CliError> {
+/// Records the new run in the central store, its lease held by `driver` (nothing has
+/// started yet, so a store that cannot be opened is bad input).
+fn record_run(
+    args: &RunArgs,
+    plan: &Plan,
+    run_id: &str,
+    home: &Path,
+    driver: &store::Driver,
+) -> Result<(), CliError> {
     let bad_store = |e: StoreError| {
         CliError::bad_input(format!(
             "{e} (the run store's directory is set by --home or AGENTFLEET_HOME)"
@@ -134,23 +142,26 @@ fn record_run(args: &RunArgs, plan: &Plan, run_id: &str, home: &Path) -> Result<
     // The plan as it is run, so a re-attach works even if the file changes meanwhile.
     let plan_text = std::fs::read_to_string(&plan.path).unwrap_or_default();
     store
-        .create_run(&NewRun {
-            run_id: run_id.to_owned(),
-            plan_name: plan.name.clone(),
-            plan_path: std::path::absolute(&plan.path).unwrap_or_else(|_| plan.path.clone()),
-            plan_text,
-            fleet_path: args
-                .fleet
-                .fleet
-                .as_ref()
-                .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())),
-            started_ms: agentfleet_common::now_ms(),
-            tasks: plan
-                .tasks
-                .iter()
-                .map(|t| (t.name.clone(), t.job.clone()))
-                .collect(),
-        })
+        .create_run_as(
+            &NewRun {
+                run_id: run_id.to_owned(),
+                plan_name: plan.name.clone(),
+                plan_path: std::path::absolute(&plan.path).unwrap_or_else(|_| plan.path.clone()),
+                plan_text,
+                fleet_path: args
+                    .fleet
+                    .fleet
+                    .as_ref()
+                    .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())),
+                started_ms: agentfleet_common::now_ms(),
+                tasks: plan
+                    .tasks
+                    .iter()
+                    .map(|t| (t.name.clone(), t.job.clone()))
+                    .collect(),
+            },
+            driver,
+        )
         .map_err(bad_store)
 }
 

@@ -8,6 +8,9 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     pub const BAD_INPUT: i32 = 2;
     pub const UNREACHABLE: i32 = 3;
+    /// The run ended but the store could not save all of it (e.g. a full disk): nothing
+    /// was acknowledged, the sidecars keep their journals, `attach RUN` re-imports them.
+    pub const INCOMPLETE: i32 = 4;
     pub const INTERRUPTED: i32 = 130;
 }
 

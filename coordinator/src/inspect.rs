@@ -12,7 +12,7 @@ mod tests;
 
 use crate::cli::{LogsArgs, RunsArgs, ShowArgs};
 use crate::error::{CliError, exit};
-use crate::store::{Liveness, LogRow, RunRow, Store, StoreError, driver_liveness, run_is_final};
+use crate::store::{LogRow, RunRow, Store, StoreError, run_is_final};
 
 /// How often `logs --follow` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -168,12 +168,11 @@ pub fn write_logs(
     Ok(())
 }
 
-/// True when the run's recorded driver process was on this host and no longer exists.
+/// True when no coordinator drives the run any more: its lease was released or has
+/// expired, or its driver process was on this host and no longer exists.
 fn driver_gone(store: &Store, run_id: &str) -> Result<bool, StoreError> {
-    let Some(run) = store.run(run_id)? else {
-        return Ok(false);
-    };
-    Ok(driver_liveness(run.driver_pid, run.driver_host.as_deref()) == Liveness::Gone)
+    let holder = store.lease_holder(run_id)?;
+    Ok(!holder.is_live(agentfleet_common::now_ms()) || holder.is_known_dead())
 }
 
 /// Step names by (execution, step), for the log line prefix.

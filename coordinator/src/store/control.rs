@@ -1,11 +1,13 @@
 //! Small writes the commands make themselves, outside a run's event stream: recording a
-//! new run before it starts, asking a run to stop, saying which process drives it.
+//! new run before it starts (with its driver's lease, see `lease.rs`), asking a run to
+//! stop, closing a refused start.
 //! Each is one short transaction, safe while another process's writer is busy.
 use std::path::{Path, PathBuf};
 
 use rusqlite::{OptionalExtension, params};
 
 use super::apply::{RUN_RUNNING, TASK_WAITING};
+use super::lease::{Driver, LEASE_TTL};
 use super::{Store, StoreError};
 
 /// What the store keeps about a run before its first event.
@@ -25,11 +27,17 @@ pub struct NewRun {
 impl Store {
     /// Records a new run, driven by this process, with every task waiting.
     pub fn create_run(&mut self, run: &NewRun) -> Result<(), StoreError> {
+        self.create_run_as(run, &Driver::this_process())
+    }
+
+    /// Records a new run with every task waiting, its lease held by `driver` from the
+    /// start (a run id is new, so nobody else can hold it).
+    pub fn create_run_as(&mut self, run: &NewRun, driver: &Driver) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO runs (run_id, plan_name, plan_path, plan_text, fleet_path, started_ms,
-                               status, driver_pid, driver_host)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                               status, driver_pid, driver_host, driver_id, lease_expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 run.run_id,
                 run.plan_name,
@@ -38,8 +46,10 @@ impl Store {
                 run.fleet_path.as_ref().map(|p| p.to_string_lossy()),
                 run.started_ms,
                 RUN_RUNNING,
-                std::process::id(),
-                this_host()
+                driver.pid,
+                driver.host,
+                driver.id,
+                run.started_ms.max(agentfleet_common::now_ms()) + LEASE_TTL.as_millis() as i64
             ],
         )?;
         for (position, (task, job)) in run.tasks.iter().enumerate() {
@@ -52,17 +62,6 @@ impl Store {
         Ok(())
     }
 
-    /// Writes one event right away, in its own transaction (the placement of an execution,
-    /// before its StartJob is sent); the writer applies it again later, harmlessly.
-    pub fn record_event(&mut self, event: &crate::events::RunEvent) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        super::apply::apply(&tx, event, &mut super::apply::LogKeys::default())?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Closes an execution whose start its sidecar refused (busy): it never ran, so a
     /// later `attach` must not re-attach to it.
     pub fn close_refused_execution(&self, execution_id: &str) -> Result<(), StoreError> {
@@ -70,6 +69,22 @@ impl Store {
             "UPDATE executions SET status = 'refused', finished_ms = ?2
               WHERE execution_id = ?1 AND finished_ms IS NULL",
             params![execution_id, agentfleet_common::now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Ends an execution re-imported after its task had finished (`attach`): only its
+    /// own row; the task keeps what its last attempt recorded.
+    pub fn close_reimported_execution(
+        &self,
+        execution_id: &str,
+        status: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE executions SET status = ?2, message = ?3, finished_ms = ?4
+              WHERE execution_id = ?1 AND finished_ms IS NULL",
+            params![execution_id, status, message, agentfleet_common::now_ms()],
         )?;
         Ok(())
     }
@@ -97,20 +112,6 @@ impl Store {
             )
             .optional()?;
         v.ok_or_else(|| StoreError::UnknownRun(run_id.to_owned()))
-    }
-
-    /// Records which process drives `run_id` now (e.g. after `attach`), and marks it running.
-    pub fn set_driver(&self, run_id: &str, pid: u32, host: &str) -> Result<(), StoreError> {
-        let n = self.conn.execute(
-            "UPDATE runs SET driver_pid = ?2, driver_host = ?3, status = ?4,
-                 finished_ms = NULL, exit_code = NULL
-             WHERE run_id = ?1",
-            params![run_id, pid, host, RUN_RUNNING],
-        )?;
-        if n == 0 {
-            return Err(StoreError::UnknownRun(run_id.to_owned()));
-        }
-        Ok(())
     }
 
     /// Ends `run_id` with `status` (e.g. "detached" is not final, "canceled" is) outside

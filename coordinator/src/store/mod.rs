@@ -4,21 +4,31 @@
 //!
 //! - `schema`: opening a connection (WAL, busy timeout) and migrations.
 //! - `writer`: the batched writer thread; `StoreReporter` feeds it a run's events.
+//! - `batch`: one batch of the writer, committed under the run's lease, retried on failure.
 //! - `apply`: how one event changes the tables.
 //! - `queries`: reads for `runs`, `show`, `logs` and re-attaching.
-//! - `control`: small writes made by the commands themselves (a new run, cancel, driver).
+//! - `control`: small writes made by the commands themselves (a new run, cancel).
+//! - `lease`: which coordinator process drives a run (one at a time, on any host).
+//! - `losses`: what the writer could not save, so that nothing unsaved is acknowledged.
 //!
 //! Every process opens its own connections; several may use the file at once.
 mod apply;
+mod batch;
 mod control;
 mod history;
+mod lease;
+mod losses;
 mod queries;
 mod reporter;
 mod schema;
 mod writer;
 
 #[cfg(test)]
+mod lease_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod writer_tests;
 
 use std::path::{Path, PathBuf};
 
@@ -26,10 +36,14 @@ use rusqlite::Connection;
 
 pub use apply::{RUN_RUNNING, TASK_WAITING, task_is_final};
 pub use control::{Liveness, NewRun, driver_liveness, this_host};
+pub use lease::{Driver, LEASE_RENEW_EVERY, LEASE_TTL, LeaseHolder, RUN_INCOMPLETE};
+pub use losses::{Losses, LostExecution};
 pub use queries::{ExecutionRow, LogRow, RunRow, RunSnapshot, StepRow, TaskRow, run_is_final};
-pub use reporter::StoreReporter;
+pub use reporter::{StoreOutcome, StoreReporter};
 pub use schema::current_version as schema_version;
-pub use writer::{BATCH_INTERVAL, BATCH_ROWS, CHANNEL_CAPACITY, Writer, WriterStats};
+pub use writer::{
+    BATCH_INTERVAL, BATCH_ROWS, CHANNEL_CAPACITY, LeaseGuard, RetryPolicy, Writer, WriterStats,
+};
 
 /// The store's file name inside the home directory.
 pub const DB_FILE: &str = "agentfleet.db";
@@ -62,6 +76,8 @@ pub enum StoreError {
     Thread(std::io::Error),
     #[error("failed to read or write the run store: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("run {run_id} is now driven by another coordinator ({holder})")]
+    NotDriver { run_id: String, holder: String },
     #[error("no runs yet: `coordinator run PLAN` starts one")]
     NoRuns,
     #[error("no run matches `{0}`: `coordinator runs` lists the recent ones")]
@@ -131,5 +147,16 @@ impl Store {
     /// A reporter that saves a run's events to this store.
     pub fn reporter(&self) -> Result<StoreReporter, StoreError> {
         Ok(StoreReporter::new(self.writer()?))
+    }
+
+    /// A reporter that saves `run_id`'s events while `driver` holds its lease (each batch
+    /// checks it), retrying failed commits for a while (see `writer.rs`).
+    pub fn reporter_for(&self, run_id: &str, driver: &Driver) -> Result<StoreReporter, StoreError> {
+        let guard = LeaseGuard {
+            run_id: run_id.to_owned(),
+            driver_id: driver.id.clone(),
+        };
+        let writer = Writer::spawn_with(&self.path, Some(guard), RetryPolicy::default())?;
+        Ok(StoreReporter::new(writer))
     }
 }

@@ -153,6 +153,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX logs_run ON logs (run, id);
     CREATE INDEX logs_src ON logs (src, id);
     ",
+    // 3: the driver's lease (see `lease.rs`): which coordinator process drives a run
+    // (a random id per process) and until when, unless it renews. `driver_pid` and
+    // `driver_host` stay, for display.
+    "
+    ALTER TABLE runs ADD COLUMN driver_id TEXT;
+    ALTER TABLE runs ADD COLUMN lease_expires_ms INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -179,8 +186,10 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // WAL: readers never block the writer and vice versa; NORMAL: a commit is durable
-    // once the WAL is synced at checkpoint, which survives a process crash (the case that
-    // matters here) and costs one fsync per checkpoint instead of per batch.
+    // once the WAL is synced at checkpoint, which survives a process crash and costs one
+    // fsync per checkpoint instead of per batch. A power loss may take the last commits:
+    // hence nothing is acknowledged to a sidecar (which then deletes its copy) before a
+    // commit made with synchronous=FULL has synced the WAL (`Store::end_drive`).
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;

@@ -279,7 +279,15 @@ fn cancel_and_driver_are_shared_between_connections() {
     assert!(!driver.cancel_requested("r1").unwrap());
     other.request_cancel("r1").unwrap();
     assert!(driver.cancel_requested("r1").unwrap());
-    other.set_driver("r1", 4242, "elsewhere").unwrap();
+    let elsewhere = Driver {
+        id: "other-driver".into(),
+        pid: 4242,
+        host: "elsewhere".into(),
+    };
+    other
+        .take_lease("r1", &elsewhere, true, 0)
+        .unwrap()
+        .unwrap();
     let run = driver.resolve_run("r1").unwrap();
     assert_eq!(run.driver_pid, Some(4242));
     assert_eq!(run.driver_host.as_deref(), Some("elsewhere"));

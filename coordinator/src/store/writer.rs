@@ -12,14 +12,30 @@
 //! back until the executor's `ExecutionSeq` mark that covers them arrives, and are then
 //! written in the same transaction as `executions.last_seq`. So after any crash the file
 //! holds exactly the events up to `last_seq`, and a watch resumed from it fills in the rest.
+//!
+//! A batch that fails to commit (disk full, I/O error, a lock held too long) is retried
+//! with backoff for [`RetryPolicy::retry_for`]: a full disk may be freed meanwhile. The
+//! writer reads nothing new while it retries, so memory stays bounded (backpressure, as
+//! above). Past that, the batch's events are counted as lost per execution (`losses.rs`:
+//! those executions get nothing more written, so `last_seq` stays true) and later batches
+//! get a single attempt each until one commits, so the run still ends. The driver then
+//! acknowledges nothing to the sidecars, which keep their journals for `attach` to
+//! re-import.
+//!
+//! With a [`LeaseGuard`], each batch first checks in its transaction that the run is still
+//! this driver's (`lease.rs`); once another driver has taken the run over, nothing more is
+//! written (the new driver re-reads those events from the sidecars itself).
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::Connection;
 
+use super::batch::{Committed, Item, write_batch};
+pub use super::batch::{LeaseGuard, RetryPolicy};
+use super::losses::Losses;
 use super::{StoreError, apply, schema};
 use crate::events::{RunEvent, RunEventKind};
 
@@ -33,8 +49,6 @@ pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// without it: bounded memory wins over exactly-once on resume. (The executor marks every
 /// sidecar event, and a sidecar event holds far fewer log lines than this.)
 pub const MAX_PENDING_PER_EXECUTION: usize = 10_000;
-/// Attempts at committing one batch (e.g. another process held the lock too long).
-const COMMIT_ATTEMPTS: u32 = 3;
 
 enum Msg {
     Event(RunEvent),
@@ -46,8 +60,13 @@ enum Msg {
 pub struct WriterStats {
     pub events: u64,
     pub batches: u64,
-    /// Events in batches that could not be committed.
+    /// Events that could not be committed (the sum of `losses`).
     pub lost_events: u64,
+    /// Which events those were, per execution.
+    pub losses: Losses,
+    /// Events not written because another driver took the run over (not lost: they are
+    /// in the sidecars' journals, past what the store holds, and the new driver reads them).
+    pub superseded_events: u64,
     pub last_error: Option<String>,
     /// Events still waiting for a sequence mark at close; a resumed watch re-reads them.
     pub unmarked_at_close: u64,
@@ -62,11 +81,28 @@ pub struct Writer {
 impl Writer {
     /// Opens its own connection to the store file at `path` and starts the thread.
     pub fn spawn(path: &Path) -> Result<Self, StoreError> {
-        let conn = schema::open(path)?;
+        Self::spawn_with(path, None, RetryPolicy::default())
+    }
+
+    /// [`spawn`](Self::spawn), writing only under `guard` (when given) and retrying failed
+    /// batches as `retry` says.
+    pub fn spawn_with(
+        path: &Path,
+        guard: Option<LeaseGuard>,
+        retry: RetryPolicy,
+    ) -> Result<Self, StoreError> {
+        Self::spawn_on(schema::open(path)?, guard, retry)
+    }
+
+    fn spawn_on(
+        conn: Connection,
+        guard: Option<LeaseGuard>,
+        retry: RetryPolicy,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || Worker::new(conn).run(rx))
+            .spawn(move || Worker::new(conn, guard, retry).run(rx))
             .map_err(StoreError::Thread)?;
         Ok(Self {
             tx: Some(tx),
@@ -110,34 +146,53 @@ impl Writer {
     }
 }
 
+#[cfg(test)]
+impl Writer {
+    /// A writer whose file cannot grow past `max_pages` pages, as on a full disk.
+    pub(super) fn spawn_capped(
+        path: &Path,
+        max_pages: u64,
+        retry: RetryPolicy,
+    ) -> Result<Self, StoreError> {
+        let conn = schema::open(path)?;
+        conn.pragma_update(None, "max_page_count", max_pages)?;
+        Self::spawn_on(conn, None, retry)
+    }
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
         self.shutdown();
     }
 }
 
-enum Item {
-    Event(RunEvent),
-    Seq { execution_id: String, seq: u64 },
-}
-
 struct Worker {
     conn: Connection,
+    guard: Option<LeaseGuard>,
+    retry: RetryPolicy,
     /// Per execution id: its task and its events not yet covered by a sequence mark.
     pending: HashMap<String, (String, Vec<RunEvent>)>,
     batch: Vec<Item>,
     /// Log lines' integer keys per execution, resolved once.
     log_keys: apply::LogKeys,
+    /// The last batch was lost: the next ones get one attempt each until one commits.
+    failing: bool,
+    /// Another driver took the run over: nothing more is written.
+    superseded: bool,
     stats: WriterStats,
 }
 
 impl Worker {
-    fn new(conn: Connection) -> Self {
+    fn new(conn: Connection, guard: Option<LeaseGuard>, retry: RetryPolicy) -> Self {
         Self {
             conn,
+            guard,
+            retry,
             pending: HashMap::new(),
             batch: Vec::with_capacity(BATCH_ROWS),
             log_keys: apply::LogKeys::default(),
+            failing: false,
+            superseded: false,
             stats: WriterStats::default(),
         }
     }
@@ -175,6 +230,7 @@ impl Worker {
             }
         }
         self.stats.unmarked_at_close = self.pending.values().map(|(_, v)| v.len() as u64).sum();
+        self.stats.lost_events = self.stats.losses.total();
         self.stats
     }
 
@@ -183,10 +239,9 @@ impl Worker {
         self.stats.events += 1;
         match &ev.kind {
             RunEventKind::ExecutionSeq { at, seq } => {
-                let seq = *seq;
-                let execution_id = at.execution_id.clone();
-                self.release(&execution_id);
-                self.batch.push(Item::Seq { execution_id, seq });
+                let (at, seq) = (at.clone(), *seq);
+                self.release(&at.execution_id);
+                self.batch.push(Item::Seq { at, seq });
             }
             // What the executor reports from the sidecar's journal.
             RunEventKind::TaskStarted { at, .. }
@@ -228,49 +283,87 @@ impl Worker {
     }
 
     fn commit(&mut self) {
-        if self.batch.is_empty() {
+        let mut batch = std::mem::take(&mut self.batch);
+        self.drop_unwritable(&mut batch);
+        if !batch.is_empty() {
+            self.commit_with_retries(&batch);
+            self.stats.batches += 1;
+        }
+        batch.clear();
+        self.batch = batch; // keeps its capacity
+    }
+
+    /// Takes out what must not be written: everything once superseded, the events of
+    /// executions that already lost some (counted as lost too: the store stops at their
+    /// gap), and the run's end when anything was lost (the run is not complete).
+    fn drop_unwritable(&mut self, batch: &mut Vec<Item>) {
+        if self.superseded {
+            self.stats.superseded_events += batch.len() as u64;
+            batch.clear();
             return;
         }
-        let mut error = None;
-        for _ in 0..COMMIT_ATTEMPTS {
-            match write_batch(&mut self.conn, &self.batch, &mut self.log_keys) {
-                Ok(()) => {
-                    error = None;
-                    break;
+        if self.stats.losses.is_empty() {
+            return;
+        }
+        let losses = &mut self.stats.losses;
+        batch.retain(|item| match item.execution() {
+            Some(execution) if losses.is_tainted(execution.0) => {
+                losses.lose(Some(execution));
+                false
+            }
+            _ => !matches!(item, Item::Event(ev) if matches!(ev.kind, RunEventKind::RunFinished { .. })),
+        });
+    }
+
+    /// Commits `batch`, retrying with backoff (see the module docs); counts it as lost
+    /// when it cannot be.
+    fn commit_with_retries(&mut self, batch: &[Item]) {
+        let give_up_at = Instant::now()
+            + if self.failing {
+                Duration::ZERO
+            } else {
+                self.retry.retry_for
+            };
+        let mut delay = self.retry.first_delay;
+        loop {
+            match write_batch(
+                &mut self.conn,
+                batch,
+                &mut self.log_keys,
+                self.guard.as_ref(),
+            ) {
+                Ok(Committed::Written) => {
+                    if self.failing {
+                        tracing::warn!("the run store accepts writes again");
+                    }
+                    self.failing = false;
+                    return;
+                }
+                Ok(Committed::Superseded) => {
+                    tracing::error!(
+                        "another coordinator has taken this run over: no more of its events are stored by this one"
+                    );
+                    self.superseded = true;
+                    self.stats.superseded_events += batch.len() as u64;
+                    return;
                 }
                 Err(e) => {
                     // Keys read in the rolled-back transaction may not exist.
                     self.log_keys.clear();
-                    error = Some(e);
+                    if Instant::now() + delay > give_up_at {
+                        tracing::error!(error = %e, rows = batch.len(), "failed to write a batch to the run store; its events are not saved");
+                        for item in batch {
+                            self.stats.losses.lose(item.execution());
+                        }
+                        self.stats.last_error = Some(e.to_string());
+                        self.failing = true;
+                        return;
+                    }
+                    tracing::warn!(error = %e, retry_in = ?delay, "failed to write a batch to the run store; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(self.retry.max_delay);
                 }
             }
         }
-        self.stats.batches += 1;
-        if let Some(e) = error {
-            tracing::error!(error = %e, rows = self.batch.len(), "failed to write a batch to the run store");
-            self.stats.lost_events += self.batch.len() as u64;
-            self.stats.last_error = Some(e.to_string());
-        }
-        self.batch.clear();
     }
-}
-
-fn write_batch(
-    conn: &mut Connection,
-    batch: &[Item],
-    log_keys: &mut apply::LogKeys,
-) -> rusqlite::Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for item in batch {
-        match item {
-            Item::Event(ev) => apply::apply(&tx, ev, log_keys)?,
-            Item::Seq { execution_id, seq } => {
-                tx.prepare_cached(
-                    "UPDATE executions SET last_seq = max(last_seq, ?2) WHERE execution_id = ?1",
-                )?
-                .execute(params![execution_id, *seq as i64])?;
-            }
-        }
-    }
-    tx.commit()
 }

@@ -35,6 +35,7 @@ pub mod process;
 pub mod proxy;
 pub mod sidecar;
 pub mod standin;
+pub mod tmpfs;
 pub mod wait;
 
 pub use coordinator::CoordinatorOutput;
