@@ -1,5 +1,6 @@
 //! The gRPC server: the `agentfleet.sidecar.v1.Sidecar` service over mTLS, with client
-//! authorization (`allow_clients`), standard health checking and server reflection.
+//! authorization (coordinator role, `allow_clients`, revocation: see `auth`), standard
+//! health checking and server reflection.
 //!
 //! Shutdown, in order and bounded: report NOT_SERVING, refuse new starts, hand running
 //! command jobs (to their supervisors) and SQL Server Agent jobs (to the next start) over,
@@ -43,6 +44,8 @@ pub enum ServeError {
     },
     #[error("failed to set up TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Crl(#[from] auth::CrlError),
     #[error("failed to configure the gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("failed to set up server reflection: {0}")]
@@ -155,11 +158,11 @@ pub async fn serve(
                 &tls.key,
                 &tls.client_ca,
             )?)?;
-            Authorize::new(&config.name, Some(tls.allow_clients.clone()))
+            Authorize::mtls(&config.name, tls)?
         }
         _ => {
             tracing::warn!(listen = %config.listen, "insecure = true: plaintext gRPC without client certificates (loopback only)");
-            Authorize::new(&config.name, None)
+            Authorize::insecure(&config.name)
         }
     };
     let sidecar = SidecarServer::with_interceptor(SidecarService::new(registry.clone()), authorize);

@@ -171,6 +171,7 @@ pub fn issue(
         revoked_at: None,
     });
     index.save(dir)?;
+    super::revoke::ensure_crl(dir, &mut index, &issuer)?;
     write_file(&paths.key, &key.serialize_pem(), true, true)?;
     write_file(&paths.cert, &cert.pem(), false, true)?;
     Ok(Issued {

@@ -1,7 +1,7 @@
 //! `coordinator pki`: a private CA and the certificates of a fleet, so mTLS works without
 //! openssl.
 //!
-//! - `init` creates `DIR/ca.pem` + `DIR/ca.key`.
+//! - `init` creates `DIR/ca.pem` + `DIR/ca.key`, and an empty `DIR/crl.pem`.
 //! - `issue` writes `DIR/NAME.pem` + `DIR/NAME.key`, signed by that CA, for one role: a
 //!   sidecar certificate carries serverAuth only, a coordinator certificate clientAuth only,
 //!   and each carries the URI `spiffe://agentfleet/ROLE/NAME` (what a sidecar's
@@ -150,6 +150,8 @@ pub fn init(dir: &Path, days: u32) -> Result<PkiPaths, PkiError> {
     // `create_new` so two concurrent `init`s cannot both win.
     write_file(&paths.key, &key.serialize_pem(), true, false)?;
     write_file(&paths.cert, &cert.pem(), false, false)?;
+    let issuer = Issuer::new(params, key);
+    revoke::ensure_crl(dir, &mut index::Index::load(dir)?, &issuer)?;
     Ok(paths)
 }
 

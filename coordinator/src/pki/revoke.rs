@@ -124,6 +124,23 @@ pub fn revoke(dir: &Path, target: &str) -> Result<Revocation, PkiError> {
     })
 }
 
+/// Writes `DIR/crl.pem` when there is none yet (an empty list after `init`; for a PKI
+/// directory from before revocation, at its next `issue`), so sidecars can name it in
+/// `[tls] crl` before anything is revoked.
+pub(crate) fn ensure_crl(
+    dir: &Path,
+    index: &mut Index,
+    issuer: &Issuer<'static, KeyPair>,
+) -> Result<(), PkiError> {
+    let crl = dir.join(CRL_FILE);
+    if crl.exists() {
+        return Ok(());
+    }
+    index.crl_number += 1;
+    index.save(dir)?;
+    write_crl(&crl, index, issuer, chrono::Utc::now().timestamp())
+}
+
 /// Writes the CRL of every revoked entry of `index`, signed by `issuer`, numbered
 /// `index.crl_number`.
 fn write_crl(

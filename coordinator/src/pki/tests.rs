@@ -27,6 +27,10 @@ fn init_refuses_to_overwrite_a_ca() {
     let dir = tempfile::tempdir().unwrap();
     let paths = init(dir.path(), CA_VALIDITY_DAYS).unwrap();
     assert!(paths.cert.exists() && paths.key.exists());
+    // With an empty CRL, for sidecars' `[tls] crl` before anything is revoked.
+    let crl = fs::read(dir.path().join(CRL_FILE)).unwrap();
+    let ca = fs::read(&paths.cert).unwrap();
+    assert!(tls::crl::revoked_serials(&crl, &ca).unwrap().is_empty());
     let err = init(dir.path(), CA_VALIDITY_DAYS).unwrap_err();
     assert!(matches!(err, PkiError::CaExists { .. }));
     assert!(err.to_string().contains("refusing to overwrite"));
