@@ -57,6 +57,30 @@ pub(crate) fn index_path(dir: &Path) -> PathBuf {
     dir.join(INDEX_FILE)
 }
 
+/// Held while an index is read, changed and written back, so that two `pki issue` or
+/// `pki revoke` at once in one directory cannot lose each other's entries. Released when
+/// dropped (the file is closed).
+#[derive(Debug)]
+pub(crate) struct IndexLock {
+    _file: fs::File,
+}
+
+impl IndexLock {
+    pub fn acquire(dir: &Path) -> Result<Self, PkiError> {
+        // A file of its own: the index itself is replaced by renames, which a lock on it
+        // would not survive.
+        let path = dir.join(".issued.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open the index lock", &path))?;
+        file.lock().map_err(io("lock", &path))?;
+        Ok(Self { _file: file })
+    }
+}
+
 impl Index {
     /// The index of `dir`; empty when it has none yet (a new PKI, or one made before
     /// indexes existed: see [`Index::role_on_disk`]).

@@ -5,7 +5,7 @@ use std::path::Path;
 use agentfleet_common::tls::identity::identity_from_pem;
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
 
-use super::index::{Index, IndexEntry};
+use super::index::{Index, IndexEntry, IndexLock};
 use super::{
     LEAF_VALIDITY_DAYS, PkiError, PkiPaths, Role, check_days, crypto, distinguished_name, load_ca,
     set_validity, validate_name, write_file,
@@ -110,6 +110,7 @@ pub fn issue(
     validate_name(name)?;
     check_days(options.days)?;
     let (issuer, ca_pem) = load_ca(dir)?;
+    let _lock = IndexLock::acquire(dir)?;
     let mut index = Index::load(dir)?;
     if let Some(taken) = index.conflicting(dir, name, role) {
         return Err(PkiError::NameTaken {

@@ -8,7 +8,7 @@ use rcgen::{
     CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber,
 };
 
-use super::index::{Index, IndexEntry, index_path};
+use super::index::{Index, IndexEntry, IndexLock, index_path};
 use super::{PkiError, crypto, load_ca, replace_file, validate_name};
 
 /// The CRL's file name in the PKI directory.
@@ -62,6 +62,7 @@ impl Revocation {
 /// CA) is revoked too, and recorded.
 pub fn revoke(dir: &Path, target: &str) -> Result<Revocation, PkiError> {
     let (issuer, _) = load_ca(dir)?;
+    let _lock = IndexLock::acquire(dir)?;
     let mut index = Index::load(dir)?;
     let target = target.trim();
     let by_name = validate_name(target).is_ok()

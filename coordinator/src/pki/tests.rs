@@ -195,6 +195,32 @@ fn a_directory_without_index_is_checked_from_its_files() {
 }
 
 #[test]
+fn concurrent_issues_keep_every_index_entry() {
+    let dir = new_pki();
+    std::thread::scope(|scope| {
+        for i in 0..6 {
+            let dir = dir.path();
+            scope.spawn(move || {
+                issue(
+                    dir,
+                    &format!("s{i}"),
+                    Role::Sidecar,
+                    &IssueOptions::default(),
+                )
+                .unwrap()
+            });
+        }
+    });
+    let index = fs::read_to_string(dir.path().join(INDEX_FILE)).unwrap();
+    for i in 0..6 {
+        assert!(
+            index.contains(&format!("name = \"s{i}\"")),
+            "s{i} lost:\n{index}"
+        );
+    }
+}
+
+#[test]
 fn validity_is_configurable_within_the_ca() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(init(dir.path(), 0), Err(PkiError::BadDays { .. })));
