@@ -82,19 +82,6 @@ pub fn client_config(
     Ok(config)
 }
 
-/// The subject common name of a DER certificate (what `allow_clients` matches).
-pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    Some(cn)
-}
-
 /// True when `host` (a name or IP, optionally in brackets) is a loopback address.
 pub fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
