@@ -279,6 +279,17 @@ fn a_certificate_revoked_while_the_sidecar_runs_is_refused() {
         allowed_runs_the_job(&env, &sidecar, &rotated, "rotated").await;
     });
 
+    // The coordinator with the revoked certificate: unreachable, told why, and not sent
+    // to allow_clients.
+    let fleet = env.write_fleet_as("fleet-revoked.toml", &stolen, &[&sidecar]);
+    let out = env.coordinator(["sidecars".as_ref(), "--fleet".as_ref(), fleet.as_os_str()]);
+    assert_eq!(out.code(), Some(3), "{out}");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("is revoked") && !said.contains("allow_clients"),
+        "{out}"
+    );
+
     // Still refused after a restart (the CRL is read at start too).
     sidecar.restart();
     rt.block_on(async {
