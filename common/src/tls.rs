@@ -1,7 +1,15 @@
 //! TLS for coordinator ↔ sidecar (mTLS by default), through rustls with aws-lc-rs,
 //! the provider tiberius brings too, so the process has exactly one.
+//!
+//! `identity` reads who a certificate says it is (role URI, name, serial); `crl` reads the
+//! serials a CA's revocation list revokes.
 use std::path::{Path, PathBuf};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+pub mod crl;
+pub mod identity;
+
+pub use identity::{CertIdentity, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -39,7 +47,8 @@ fn read_cert(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(pem)
 }
 
-/// Server side: present `cert`/`key`, require a client certificate signed by `client_ca`.
+/// Server side: present `cert`/`key`, require a client certificate signed by `client_ca`
+/// that is valid now and carries clientAuth (rustls checks both during the handshake).
 pub fn server_config(
     cert: &Path,
     key: &Path,
@@ -71,19 +80,6 @@ pub fn client_config(
         config = config.domain_name(domain);
     }
     Ok(config)
-}
-
-/// The subject common name of a DER certificate (what `allow_clients` matches).
-pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    Some(cn)
 }
 
 /// True when `host` (a name or IP, optionally in brackets) is a loopback address.

@@ -195,25 +195,44 @@ pub struct DemoArgs {
 #[derive(Debug, Subcommand)]
 pub enum PkiCommand {
     /// Create a private CA: DIR/ca.pem and DIR/ca.key.
-    Init { dir: PathBuf },
-    /// Issue DIR/NAME.pem and DIR/NAME.key, signed by the CA in DIR.
+    #[command(after_help = crate::pki::VALIDITY_HELP)]
+    Init {
+        dir: PathBuf,
+        /// Days the CA is valid (default 10 years).
+        #[arg(long, default_value_t = crate::pki::CA_VALIDITY_DAYS)]
+        days: u32,
+    },
+    /// Issue DIR/NAME.pem and DIR/NAME.key for one role, signed by the CA in DIR.
+    #[command(after_help = crate::pki::VALIDITY_HELP)]
     Issue {
         dir: PathBuf,
-        /// The certificate's name (what a sidecar's `allow_clients` matches).
+        /// The certificate's name: a sidecar's name, or the coordinator name a sidecar's
+        /// `allow_clients` lists. One name cannot be both.
         name: String,
-        /// A server certificate for a sidecar.
+        /// A server certificate for a sidecar (serverAuth only).
         #[arg(
             long,
             conflicts_with = "coordinator",
             required_unless_present = "coordinator"
         )]
         sidecar: bool,
-        /// A client certificate for a coordinator.
+        /// A client certificate for a coordinator (clientAuth only).
         #[arg(long)]
         coordinator: bool,
-        /// Extra host names or IPs the sidecar certificate is valid for (repeatable).
+        /// Host names or IPs the certificate is valid for besides NAME (repeatable);
+        /// `localhost` and loopback addresses only when listed here.
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// Days the certificate is valid (default 2 years).
+        #[arg(long, default_value_t = crate::pki::LEAF_VALIDITY_DAYS)]
+        days: u32,
+    },
+    /// Revoke a certificate by NAME (every certificate issued under it) or SERIAL, and
+    /// rewrite DIR/crl.pem for the sidecars' `[tls] crl`.
+    Revoke {
+        dir: PathBuf,
+        /// A name given to `pki issue`, or a serial number (hex, as `pki issue` printed it).
+        target: String,
     },
 }
 

@@ -185,9 +185,11 @@ pub fn explain_status(name: &str, endpoint: &str, status: &tonic::Status) -> Str
     let detail = status_detail(status);
     let lower = detail.to_ascii_lowercase();
     let hint = match status.code() {
-        tonic::Code::PermissionDenied => {
+        // Only for that refusal: a revoked or role-less certificate says itself what to do.
+        tonic::Code::PermissionDenied if detail.contains("allow_clients") => {
             "; add this coordinator's certificate name to the sidecar's `allow_clients`"
         }
+        tonic::Code::PermissionDenied => "",
         _ if lower.contains("certificate")
             || lower.contains("handshake")
             || lower.contains("tls") =>

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use agentfleet_coordinator::cli::{Cli, Command, PkiCommand};
+use agentfleet_coordinator::cli::{Cli, Command};
 use agentfleet_coordinator::{attach, commands, demo, error::CliError, inspect, pki};
 
 fn main() {
@@ -74,35 +74,6 @@ async fn dispatch(command: Command, home: Option<PathBuf>) -> Result<i32, CliErr
             demo::run(args, agentfleet_common::shutdown::install()).await
         }
         Command::Supervise(_) => unreachable!("handled before the runtime starts"),
-        Command::Pki(PkiCommand::Init { dir }) => {
-            let paths = pki::init(&dir).map_err(|e| CliError::bad_input(e.to_string()))?;
-            eprintln!(
-                "created CA {} and {}",
-                paths.cert.display(),
-                paths.key.display()
-            );
-            Ok(0)
-        }
-        Command::Pki(PkiCommand::Issue {
-            dir,
-            name,
-            sidecar,
-            coordinator: _,
-            hosts,
-        }) => {
-            let role = if sidecar {
-                pki::Role::Sidecar
-            } else {
-                pki::Role::Coordinator
-            };
-            let issued = pki::issue(&dir, &name, role, &hosts)
-                .map_err(|e| CliError::bad_input(e.to_string()))?;
-            eprintln!(
-                "issued {} and {}",
-                issued.paths.cert.display(),
-                issued.paths.key.display()
-            );
-            Ok(0)
-        }
+        Command::Pki(command) => pki::run_command(command),
     }
 }

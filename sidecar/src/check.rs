@@ -1,5 +1,5 @@
 //! `sidecar check`: validates the config and tests what can be tested without starting a
-//! job: TLS files, the state directory, the listen port, the command jobs' programs and,
+//! job: TLS files and the CRL, the state directory, the listen port, the command jobs' programs and,
 //! with `[sqlagent]`, the SQL Server connection and Agent status.
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -75,6 +75,9 @@ pub async fn checks(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Vec<
         ),
     )];
     items.push(check_tls(&config));
+    if let Some(crl) = check_crl(&config) {
+        items.push(crl);
+    }
     items.push(check_state_dir(&config.state_dir));
     items.push(check_listen(&config).await);
     for job in &config.jobs {
@@ -134,6 +137,23 @@ fn check_tls(config: &SidecarConfig) -> Item {
         }
         (None, false) => item("tls", Status::Fail, "no [tls] section"),
     }
+}
+
+/// `[tls] crl`, read and checked as `serve` will: a bad one would stop it from starting.
+fn check_crl(config: &SidecarConfig) -> Option<Item> {
+    let tls = config.tls.as_ref().filter(|_| !config.insecure)?;
+    let path = tls.crl.as_ref()?;
+    Some(match crate::server::Authorize::mtls(&config.name, tls) {
+        Ok(_) => item(
+            "crl",
+            Status::Ok,
+            format!(
+                "{} read, signed by the client CA (re-read while running when it changes)",
+                path.display()
+            ),
+        ),
+        Err(e) => item("crl", Status::Fail, e.to_string()),
+    })
 }
 
 fn check_state_dir(dir: &Path) -> Item {

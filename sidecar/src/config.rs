@@ -63,8 +63,16 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// CA that signed the client (coordinator) certificates.
     pub client_ca: PathBuf,
-    /// Client certificate names (common names) allowed to call.
+    /// Coordinator names allowed to call: the NAME of a client certificate's
+    /// `spiffe://agentfleet/coordinator/NAME` URI (`coordinator pki issue DIR NAME --coordinator`).
     pub allow_clients: Vec<String>,
+    /// A CRL signed by `client_ca` (`coordinator pki revoke` writes `DIR/crl.pem`); re-read
+    /// while running when it changes.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// Client certificate names or serial numbers refused although `client_ca` signed them.
+    #[serde(default)]
+    pub revoked: Vec<String>,
 }
 
 /// `[telemetry]`: OpenTelemetry export, off unless an endpoint is set.
@@ -262,6 +270,8 @@ pub fn from_text(
         key: resolve(&base, &t.key),
         client_ca: resolve(&base, &t.client_ca),
         allow_clients: t.allow_clients,
+        crl: t.crl.map(|p| resolve(&base, &p)),
+        revoked: t.revoked,
     });
     let sqlagent = file.sqlagent.map(|mut s| {
         s.password_file = s.password_file.map(|p| resolve(&base, &p));

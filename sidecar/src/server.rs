@@ -1,5 +1,6 @@
 //! The gRPC server: the `agentfleet.sidecar.v1.Sidecar` service over mTLS, with client
-//! authorization (`allow_clients`), standard health checking and server reflection.
+//! authorization (coordinator role, `allow_clients`, revocation: see `auth`), standard
+//! health checking and server reflection.
 //!
 //! Shutdown, in order and bounded: report NOT_SERVING, refuse new starts, hand running
 //! command jobs (to their supervisors) and SQL Server Agent jobs (to the next start) over,
@@ -54,6 +55,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("failed to set up TLS: {0}")]
     TlsSetup(#[from] tls::TlsSetupError),
+    #[error(transparent)]
+    Crl(#[from] auth::CrlError),
     #[error("failed to configure the gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("failed to set up server reflection: {0}")]
@@ -177,12 +180,12 @@ pub async fn serve(
     let (acceptor, authorize) = match (&config.tls, config.insecure, &listener) {
         (Some(tls), false, Bound::Tcp(_)) => (
             Some(tls::acceptor(&tls.cert, &tls.key, &tls.client_ca)?),
-            Authorize::new(&config.name, Some(tls.allow_clients.clone())),
+            Authorize::mtls(&config.name, tls)?,
         ),
         #[cfg(unix)]
         (_, true, Bound::Unix(..)) => {
             tracing::warn!(listen = %config.listen, "insecure = true: plaintext gRPC on a Unix socket, for this user's processes only");
-            (None, Authorize::new(&config.name, None))
+            (None, Authorize::insecure(&config.name))
         }
         _ => {
             return Err(ServeError::Stopped(format!(

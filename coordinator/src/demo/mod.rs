@@ -77,11 +77,18 @@ pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, Cl
     };
     let pki_dir = dir.join("pki");
     if !pki_dir.join("ca.pem").exists() {
-        pki::init(&pki_dir).map_err(|e| CliError::failed(e.to_string()))?;
+        pki::init(&pki_dir, pki::CA_VALIDITY_DAYS).map_err(|e| CliError::failed(e.to_string()))?;
     }
-    pki::issue(&pki_dir, "coordinator", pki::Role::Coordinator, &[])
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    pki::issue(
+        &pki_dir,
+        "coordinator",
+        pki::Role::Coordinator,
+        &pki::IssueOptions::default(),
+    )
+    .map_err(|e| CliError::failed(e.to_string()))?;
 
+    // The demo's sidecars listen on 127.0.0.1, and the fleet reaches them there.
+    let loopback = pki::IssueOptions::hosts(["127.0.0.1"]);
     eprintln!(
         "agentfleet demo: a throw-away CA and certificates in {}",
         pki_dir.display()
@@ -92,7 +99,7 @@ pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, Cl
         "[fleet.tls]\nca = \"pki/ca.pem\"\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\n",
     );
     for (name, jobs) in SIDECARS {
-        pki::issue(&pki_dir, name, pki::Role::Sidecar, &[])
+        pki::issue(&pki_dir, name, pki::Role::Sidecar, &loopback)
             .map_err(|e| CliError::failed(e.to_string()))?;
         let config = write_sidecar_config(&dir, name, jobs)?;
         let (addr, handle) = start_sidecar(&config, shutdown.clone()).await?;
@@ -114,7 +121,7 @@ pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, Cl
         agent.standin.addr(),
         agent.jobs.len()
     );
-    pki::issue(&pki_dir, sqlagent::SIDECAR, pki::Role::Sidecar, &[])
+    pki::issue(&pki_dir, sqlagent::SIDECAR, pki::Role::Sidecar, &loopback)
         .map_err(|e| CliError::failed(e.to_string()))?;
     let mut config = base_config(sqlagent::SIDECAR);
     config.insert("sqlagent".into(), toml::Value::Table(agent.section.clone()));

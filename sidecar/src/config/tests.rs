@@ -242,3 +242,24 @@ fn log_format_parses() {
     assert_eq!(parse_log_format("JSON").unwrap(), LogFormat::Json);
     assert!(parse_log_format("xml").unwrap_err().contains("plain"));
 }
+
+#[test]
+fn revocation_settings_resolve_and_empty_entries_are_refused() {
+    let text = GOOD.replace(
+        "allow_clients = [\"coordinator\"]",
+        "allow_clients = [\"coordinator\"]\ncrl = \"pki/crl.pem\"\nrevoked = [\"old-coordinator\", \"4a:0b\"]",
+    );
+    let tls = parse(&text).unwrap().tls.unwrap();
+    assert_eq!(
+        tls.crl.as_deref(),
+        Some(Path::new("/etc/agentfleet/pki/crl.pem"))
+    );
+    assert_eq!(tls.revoked, ["old-coordinator", "4a:0b"]);
+    assert!(parse(GOOD).unwrap().tls.unwrap().crl.is_none());
+
+    let err = error(&GOOD.replace(
+        "allow_clients = [\"coordinator\"]",
+        "allow_clients = [\"coordinator\"]\nrevoked = [\"\"]",
+    ));
+    assert!(err.contains("sidecar.toml:11: `tls.revoked`"), "{err}");
+}

@@ -79,6 +79,7 @@ pub(crate) struct Spans {
 #[derive(Debug, Default, Deserialize)]
 struct TlsSpans {
     allow_clients: At,
+    revoked: At,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +237,15 @@ pub(crate) fn validate(
             "list the client certificate names allowed to call, e.g. allow_clients = [\"coordinator\"]; with none, nobody can",
         ),
         _ => {}
+    }
+    if let Some(tls) = &config.tls
+        && tls.revoked.iter().any(|r| r.trim().is_empty())
+    {
+        r.at(
+            &spans.tls.as_ref().and_then(|t| t.revoked.clone()),
+            "tls.revoked",
+            "an entry is empty; list certificate names or serial numbers (as `coordinator pki issue` printed them)",
+        );
     }
     validate_jobs(config, spans, &mut r);
     r.problems

@@ -21,7 +21,8 @@ struct Pki {
 }
 
 impl Pki {
-    /// A CA, a server certificate for localhost / 127.0.0.1, and client certificates.
+    /// A CA, a server certificate for localhost / 127.0.0.1, and coordinator client
+    /// certificates.
     fn new(dir: &Path, clients: &[&str]) -> Self {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -35,6 +36,12 @@ impl Pki {
         let leaf = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
             let key = KeyPair::generate().unwrap();
             let mut p = CertificateParams::new(sans).unwrap();
+            if usage == ExtendedKeyUsagePurpose::ClientAuth {
+                // The role URI the sidecar authorizes clients by.
+                let uri = agentfleet_common::tls::Role::Coordinator.uri(name);
+                p.subject_alt_names
+                    .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+            }
             p.distinguished_name.push(DnType::CommonName, name);
             p.extended_key_usages = vec![usage];
             let cert = p.signed_by(&key, &issuer).unwrap();
@@ -152,6 +159,8 @@ async fn mtls_allowed_client_works_and_others_are_refused() {
         key: pki.path("sidecar.key"),
         client_ca: pki.path("ca.pem"),
         allow_clients: vec!["coordinator".into()],
+        crl: None,
+        revoked: Vec::new(),
     };
     let (addr, shutdown, server) = spawn(config(dir.path(), Some(tls))).await;
 

@@ -28,6 +28,8 @@ pub struct SidecarOptions {
     pub stop_grace: String,
     /// Extra top-level TOML settings, written before the `[tls]` table.
     pub extra_toml: String,
+    /// Extra settings of the `[tls]` table (e.g. `crl = "..."`).
+    pub tls_toml: String,
     /// Extra environment of the sidecar process.
     pub env: Vec<(String, String)>,
 }
@@ -39,6 +41,7 @@ impl Default for SidecarOptions {
             allow_clients: vec!["coordinator".into()],
             stop_grace: "2s".into(),
             extra_toml: String::new(),
+            tls_toml: String::new(),
             env: Vec::new(),
         }
     }
@@ -163,7 +166,7 @@ impl Sidecar {
         let tls = self.pki.pair(&self.name);
         format!(
             "name = {name}\nlisten = {listen}\nslots = {slots}\nstate_dir = {state}\nstop_grace = {grace}\n{extra}\n\
-             [tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\nallow_clients = {allow}\n\n{jobs}\n",
+             [tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\nallow_clients = {allow}\n{tls_extra}\n\n{jobs}\n",
             name = toml_str(&self.name),
             listen = toml_str(listen),
             slots = self.options.slots,
@@ -174,6 +177,7 @@ impl Sidecar {
             key = toml_path(&tls.key),
             ca = toml_path(&self.pki.ca()),
             allow = toml_list(&self.options.allow_clients),
+            tls_extra = self.options.tls_toml,
             jobs = self.jobs_toml,
         )
     }
