@@ -156,3 +156,38 @@ fn a_parameter_value_outside_its_rule_is_refused_and_nothing_runs() {
         "the job did not run with a valid parameter"
     );
 }
+
+/// A secret in the sidecar's environment (as `password_env` invites) never reaches a job,
+/// and so never the central log; what programs need, and what the job asks for, does.
+#[test]
+fn the_sidecars_secrets_never_reach_a_job() {
+    let env = TestEnv::new("secrets_in_env");
+    let options = SidecarOptions {
+        env: vec![
+            ("SQL_PASSWORD".into(), "hunter2-secret".into()),
+            ("AGENTFLEET_SQL_PASSWORD".into(), "hunter3-secret".into()),
+            ("KEEP_ME".into(), "kept".into()),
+        ],
+        ..SidecarOptions::default()
+    };
+    let sidecar = env.start_sidecar(
+        "s1",
+        "[[job]]\nname = \"env\"\ninherit_env = [\"KEEP_*\"]\n[[job.step]]\nname = \"print\"\nrun = [\"env\"]\n",
+        options,
+    );
+    let plan = env.write_file(
+        "plan.toml",
+        "[plan]\nname = \"env\"\n\n[[task]]\nname = \"env\"\njob = \"env\"\n",
+    );
+    let fleet = env.write_fleet(&[&sidecar]);
+    let out = env.run_plan(&plan, &fleet);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let logs = env.coordinator(["logs", "last"]).stdout;
+    assert!(logs.contains("KEEP_ME=kept"), "{logs}");
+    assert!(logs.contains("PATH="), "{logs}");
+    assert!(logs.contains("AGENTFLEET_EXECUTION_ID="), "{logs}");
+    assert!(
+        !logs.contains("secret"),
+        "a secret reached the job:\n{logs}"
+    );
+}

@@ -21,6 +21,10 @@ pub struct JobConfig {
     /// Extra environment for every step.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Variables of the sidecar's environment the steps get besides the OS basics (names,
+    /// or prefixes ending in `*`, e.g. ["ORACLE_*"]); see `environment.rs`.
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
     #[serde(rename = "step", default)]
     pub steps: Vec<StepConfig>,
 }
@@ -176,6 +180,7 @@ mod tests {
             description: String::new(),
             params: Default::default(),
             working_dir: None,
+            inherit_env: Vec::new(),
             env: BTreeMap::new(),
             steps,
         }

@@ -205,14 +205,17 @@ pub(crate) async fn drive(
 }
 
 /// Environment every step of this execution gets, in order of precedence (later wins):
-/// the job's `env`, the task's params, then agentfleet's own variables.
+/// what it inherits from the sidecar (see `environment`), the job's `env`, the task's
+/// params, then agentfleet's own variables. Nothing else: the step starts from an empty
+/// environment.
 fn base_env(job: &JobConfig, ctx: &ExecutionContext) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = job
-        .env
-        .iter()
-        .chain(&ctx.params)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut env = super::environment::inherited(std::env::vars_os(), &job.inherit_env);
+    env.extend(
+        job.env
+            .iter()
+            .chain(&ctx.params)
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     env.extend([
         (
             "AGENTFLEET_EXECUTION_ID".to_owned(),

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::{Backend, BackendError, ExecutionContext, SupervisedJob};
 
 pub mod config;
+mod environment;
 mod flow;
 mod output;
 pub mod params;

@@ -18,10 +18,6 @@ use crate::process;
 /// How long to keep reading output after the step's program exited (see `output.rs`).
 pub(crate) const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
-/// Prefix of the sidecar's own configuration variables; they are not passed to steps
-/// (they can name secrets such as the SQL Server password's variable).
-const OWN_ENV_PREFIX: &str = "AGENTFLEET_";
-
 /// How one attempt ended; the message is what StepFinished carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum AttemptEnd {
@@ -108,11 +104,9 @@ impl Attempt<'_> {
             .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
         let mut cmd = Command::new(program);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with(OWN_ENV_PREFIX) {
-                cmd.env_remove(key);
-            }
-        }
+        // Nothing of the sidecar's own environment (it may hold secrets): `self.env` is the
+        // whole environment (see `environment.rs`).
+        cmd.env_clear();
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = self.working_dir {
             cmd.current_dir(dir);

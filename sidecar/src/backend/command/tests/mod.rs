@@ -35,6 +35,7 @@ pub(super) fn job(name: &str, steps: Vec<StepConfig>) -> JobConfig {
         description: String::new(),
         params: Default::default(),
         working_dir: None,
+        inherit_env: Vec::new(),
         env: BTreeMap::new(),
         steps,
     }
