@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod duration;
 pub mod fault;
 pub mod ids;
+pub mod private;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

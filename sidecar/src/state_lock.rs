@@ -53,7 +53,9 @@ impl StateDirLock {
             dir: dir.to_owned(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // Private to the service account (0700 on Unix): the journal holds every job's
+        // output and parameters, and a stop file or record planted there would be obeyed.
+        agentfleet_common::private::create_dir(dir, true).map_err(io)?;
         if let Some(kind) = network_file_system(dir) {
             return Err(StateLockError::NetworkFileSystem {
                 dir: dir.to_owned(),

@@ -118,11 +118,15 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating it and `home` if needed) `home/agentfleet.db`.
+    /// Both private to this user (0700 / 0600: runs hold every job's output).
     pub fn open(home: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(home).map_err(|source| StoreError::CreateHome {
+        let private = |source| StoreError::CreateHome {
             path: home.to_owned(),
             source,
-        })?;
+        };
+        agentfleet_common::private::create_dir(home, false).map_err(private)?;
+        // Created before SQLite opens it: its -wal and -shm files take its mode.
+        agentfleet_common::private::create_file(&home.join(DB_FILE)).map_err(private)?;
         Self::open_file(&home.join(DB_FILE))
     }
 

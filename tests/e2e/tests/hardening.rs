@@ -191,3 +191,37 @@ fn the_sidecars_secrets_never_reach_a_job() {
         "a secret reached the job:\n{logs}"
     );
 }
+
+/// Job output at rest is private to the service account: the sidecar's state_dir is 0700
+/// and the coordinator's store 0600 (its write-ahead log too).
+#[test]
+fn job_output_at_rest_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let env = TestEnv::new("private_at_rest");
+    let sidecar = env.start_sidecar(
+        "s1",
+        "[[job]]\nname = \"quick\"\n[[job.step]]\nname = \"work\"\nrun = [\"sh\", \"-c\", \"echo private\"]\n",
+        SidecarOptions::default(),
+    );
+    let plan = env.write_file(
+        "plan.toml",
+        "[plan]\nname = \"private\"\n\n[[task]]\nname = \"quick\"\njob = \"quick\"\n",
+    );
+    let fleet = env.write_fleet(&[&sidecar]);
+    let out = env.run_plan(&plan, &fleet);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(mode(sidecar.state_dir()), 0o700);
+    let db = env.path().join("home").join("agentfleet.db");
+    assert_eq!(mode(&db), 0o600);
+    let wal = env.path().join("home").join("agentfleet.db-wal");
+    if wal.exists() {
+        assert_eq!(mode(&wal), 0o600);
+    }
+}
