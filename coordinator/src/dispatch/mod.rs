@@ -344,6 +344,9 @@ impl<'a> Dispatcher<'a> {
                 return;
             }
         }
+        // Test-only crash point (`agentfleet_common::fault`): the placement is durable,
+        // the StartJob it announces has not been sent.
+        agentfleet_common::fault::point("coordinator-before-start-job");
         self.tasks[index].execution_id = Some(at.execution_id.clone());
         self.emit(placed).await;
         let lost_after = if task.rerun_if_lost {
@@ -362,7 +365,8 @@ impl<'a> Dispatcher<'a> {
             params: self.params_for(index, sidecar_name),
             timeout: task.timeout,
             lost_after,
-            resume_after_seq: existing.map_or(0, |e| e.last_seq),
+            resume_after_seq: existing.as_ref().map_or(0, |e| e.last_seq),
+            resumed: existing.is_some(),
         };
         let sidecar = self.sidecars[sidecar_name].clone();
         tokio::spawn(execution::run(
