@@ -176,11 +176,13 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
-    /// Runs the plan to its end. `interrupt` is the user's Ctrl-C (stop what we started,
-    /// exit 130); `cancel` is `coordinator cancel RUN` (stop, exit 1). `prior` is what an
-    /// earlier coordinator of this run already did (empty for a new run): finished tasks
-    /// stay finished, running executions are watched again from their stored sequence
-    /// number, nothing is started twice.
+    /// Runs the plan to its end. `interrupt` is the user's Ctrl-C or SIGTERM (stop what we
+    /// started, exit 130); `cancel` is `coordinator cancel RUN` (stop, exit 1). `prior` is
+    /// what an earlier coordinator of this run already did (empty for a new run): finished
+    /// tasks stay finished, running executions are watched again from their stored
+    /// sequence number, nothing is started twice (a resumed execution is only followed: one
+    /// its sidecar does not know is LOST, see `resume.rs`). Every stop is bounded by the
+    /// executors' `STOP_CONFIRM_DEADLINE`, so this always returns.
     pub async fn run(
         mut self,
         interrupt: CancellationToken,
@@ -225,6 +227,14 @@ impl<'a> Dispatcher<'a> {
             tokio::select! {
                 Some(msg) = rx.recv() => self.on_message(msg).await,
                 _ = interrupt.cancelled(), if self.stopping == Stopping::No => {
+                    if self.running > 0 {
+                        // Say why the exit may take a while, and how to cut it short.
+                        tracing::warn!(
+                            "interrupted: stopping {} running job(s); waiting up to {}s for their sidecars to confirm (interrupt again to exit at once)",
+                            self.running,
+                            execution::STOP_CONFIRM_DEADLINE.as_secs()
+                        );
+                    }
                     self.stop_run(Stopping::Interrupted, "run interrupted").await;
                 }
                 _ = cancel.cancelled(), if self.stopping == Stopping::No => {

@@ -134,7 +134,8 @@ pub(super) async fn send_stop(sidecar: &Sidecar, spec: &ExecutionSpec, reason: &
     match sidecar.client.clone().stop_job(request).await {
         Ok(_) => true,
         Err(status) => {
-            tracing::warn!(sidecar = %sidecar.name, error = %status_detail(&status), "StopJob failed; will send it again");
+            // Debug only: it is sent again every few seconds; giving up is the warning.
+            tracing::debug!(sidecar = %sidecar.name, error = %status_detail(&status), "StopJob failed; will send it again");
             false
         }
     }

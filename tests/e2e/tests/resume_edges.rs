@@ -25,7 +25,7 @@ use serde_json::Value;
 const STOP_CONFIRM_DEADLINE: Duration = Duration::from_secs(30);
 /// What a coordinator may take beyond that deadline to exit: acknowledging executions to
 /// the frozen sidecar (5 s), the runtime's shutdown (2 s), start-up and slack.
-const EXIT_SLACK: Duration = Duration::from_secs(20);
+const EXIT_SLACK: Duration = Duration::from_secs(25);
 /// Until a job has started, or a short run has ended.
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -34,12 +34,17 @@ fn counting_job(env: &TestEnv, lines: u32, interval: Duration) -> CountingJob {
     CountingJob::new("count", lines, interval, &env.path().join("markers"))
 }
 
-/// A plan with one task `count` of job `count`, plus `extra` task keys.
-fn plan(env: &TestEnv, extra: &str) -> PathBuf {
+/// A plan with one task `count` of job `count`, plus `task_keys`.
+fn plan(env: &TestEnv, task_keys: &str) -> PathBuf {
+    plan_with(env, "", task_keys)
+}
+
+/// A plan with `plan_keys` in `[plan]` and one task `count` of job `count` with `task_keys`.
+fn plan_with(env: &TestEnv, plan_keys: &str, task_keys: &str) -> PathBuf {
     env.write_file(
         "plan.toml",
         &format!(
-            "[plan]\nname = \"resume-edges\"\n\n[[task]]\nname = \"count\"\njob = {}\n{extra}",
+            "[plan]\nname = \"resume-edges\"\n{plan_keys}\n[[task]]\nname = \"count\"\njob = {}\n{task_keys}",
             toml_str("count")
         ),
     )
@@ -193,19 +198,23 @@ fn attach_reruns_a_lost_start_under_a_new_execution_id_when_the_plan_allows() {
     assert_eq!(finished[1]["execution_id"], ran[0], "{out}");
 }
 
+/// The task or plan timeout of the frozen-sidecar tests: long enough for the job to start
+/// and its sidecar to be frozen before it expires, also on a loaded machine.
+const TIMEOUT_KEY: &str = "timeout = \"8s\"\n";
+
 /// Runs a long job, freezes its sidecar once the job has started, applies `interrupt`
 /// to the coordinator, and returns how the coordinator ended and how long that took
 /// after the freeze; then thaws the sidecar and stops the job.
 fn run_against_a_frozen_sidecar(
     test: &str,
-    task_keys: &str,
+    (plan_keys, task_keys): (&str, &str),
     interrupt: impl FnOnce(&BackgroundCoordinator),
 ) -> (CoordinatorOutput, Duration) {
     let env = TestEnv::new(test);
     let job = counting_job(&env, 3000, Duration::from_millis(100));
     let sidecar = env.start_sidecar("s1", &job.toml(), SidecarOptions::default());
     let fleet = env.write_fleet(&[&sidecar]);
-    let plan = plan(&env, task_keys);
+    let plan = plan_with(&env, plan_keys, task_keys);
     let mut run = BackgroundCoordinator::spawn(&env, run_args(&plan, &fleet));
     let placed = run.wait_for_event(WAIT, "the task to start", |e| {
         e["type"] == "task_started" && e["task"] == "count"
@@ -256,13 +265,21 @@ fn assert_gave_up(out: &CoordinatorOutput, took: Duration, status: &str, code: i
 #[test]
 fn a_task_timeout_ends_the_run_when_the_sidecar_cannot_stop_its_job() {
     let (out, took) =
-        run_against_a_frozen_sidecar("stop-frozen-timeout", "timeout = \"3s\"\n", |_| {});
+        run_against_a_frozen_sidecar("stop-frozen-timeout", ("", TIMEOUT_KEY), |_| {});
     assert_gave_up(&out, took, "timed_out", 1);
 }
 
 #[test]
+fn a_plan_timeout_ends_the_run_when_the_sidecar_cannot_stop_its_job() {
+    let (out, took) =
+        run_against_a_frozen_sidecar("stop-frozen-plan-timeout", (TIMEOUT_KEY, ""), |_| {});
+    assert_gave_up(&out, took, "canceled", 1);
+    assert_eq!(out.events().run_finished()["status"], "timed_out", "{out}");
+}
+
+#[test]
 fn sigterm_ends_the_coordinator_in_bounded_time_when_the_sidecar_cannot_stop_its_job() {
-    let (out, took) = run_against_a_frozen_sidecar("stop-frozen-sigterm", "", |run| {
+    let (out, took) = run_against_a_frozen_sidecar("stop-frozen-sigterm", ("", ""), |run| {
         send_signal(run.pid(), Signal::SIGTERM);
     });
     assert_gave_up(&out, took, "canceled", 130);
