@@ -265,6 +265,7 @@ impl Registry {
             return Ok((existing.to_proto(), false));
         }
         if req.resume_only {
+            tracing::info!(execution_id = %id, job = %req.job, run_id = %req.run_id, task = %req.task, "resume_only StartJob for an execution this sidecar does not hold; nothing started");
             return Err(RegistryError::NotResumable(id));
         }
         if self.inner.closing.load(Ordering::SeqCst) {
