@@ -283,4 +283,9 @@ fn sigterm_ends_the_coordinator_in_bounded_time_when_the_sidecar_cannot_stop_its
         send_signal(run.pid(), Signal::SIGTERM);
     });
     assert_gave_up(&out, took, "canceled", 130);
+    assert!(
+        out.stderr
+            .contains("waiting up to 30s for their sidecars to confirm"),
+        "the coordinator says why it does not exit at once: {out}"
+    );
 }
