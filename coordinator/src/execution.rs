@@ -78,6 +78,14 @@ pub enum ExecResult {
         message: String,
         duration: Duration,
     },
+    /// A stop was needed (a cancel, a timeout) and the sidecar did not confirm it within
+    /// [`STOP_CONFIRM_DEADLINE`]: the executor gave up, and the job may still be running
+    /// there, so the task may be rerun only where a lost one may (`rerun_if_lost`).
+    StopUnconfirmed {
+        outcome: TaskOutcome,
+        message: String,
+        duration: Duration,
+    },
 }
 
 /// Drives one execution to its end. `stop` is the user's (or fail_fast's, or the run

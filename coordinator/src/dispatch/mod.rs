@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{At, RunEvent, RunEventKind, TaskOutcome, TaskSummary};
-use crate::execution::{self, ExecMsg, ExecResult, ExecutionSpec, Refusal};
+use crate::execution::{self, ExecMsg, ExecResult, ExecutionSpec};
 use crate::fleet::{Sidecar, SidecarInfo};
 use crate::plan::Plan;
 use crate::schedule::{self, ReadyTask, SidecarState};
@@ -18,6 +18,7 @@ mod outcomes;
 mod resume;
 
 use fleet_view::{expected_durations, sidecar_state};
+use outcomes::Ended;
 pub use resume::{PriorExecution, PriorTask};
 
 /// How long a sidecar that refused a start (busy, unreachable) is passed over.
@@ -407,68 +408,33 @@ impl<'a> Dispatcher<'a> {
         }
         match result {
             ExecResult::Refused { refusal, message } => {
-                tracing::debug!(%sidecar, ?refusal, %message, "start refused; placing again");
-                if let (Some(log), Some(id)) =
-                    (&self.options.placement_log, &self.tasks[index].execution_id)
-                {
-                    log.refused(id);
-                }
-                let run = &mut self.tasks[index];
-                run.attempts -= 1;
-                run.state = if self.stopping == Stopping::No {
-                    State::Ready
-                } else {
-                    State::Done(TaskOutcome::Canceled)
-                };
-                if refusal == Refusal::AlreadyRunning {
-                    // Someone else runs it there: prefer another sidecar for a while.
-                    run.avoid.push(sidecar.clone());
-                }
-                self.cooldown
-                    .insert(sidecar, Instant::now() + REFUSAL_COOLDOWN);
-                if self.stopping != Stopping::No {
-                    self.finish_unstarted(
-                        index,
-                        TaskOutcome::Canceled,
-                        "run stopped before it started".into(),
-                    )
-                    .await;
-                }
+                self.start_refused(index, sidecar, refusal, message).await;
             }
             ExecResult::Finished {
                 outcome,
                 message,
                 duration,
             } => {
-                let task = &self.plan.tasks[index];
-                let retryable = match outcome {
-                    TaskOutcome::Failed | TaskOutcome::TimedOut => true,
-                    TaskOutcome::Lost => task.rerun_if_lost,
-                    _ => false,
+                let ended = Ended {
+                    outcome,
+                    message,
+                    duration,
+                    may_still_run: false,
                 };
-                let run = &mut self.tasks[index];
-                run.duration += duration;
-                let attempt = run.attempts;
-                let will_retry =
-                    retryable && attempt <= task.retries && self.stopping == Stopping::No;
-                self.emit(RunEventKind::TaskFinished {
-                    task: task.name.clone(),
-                    attempt,
-                    sidecar: Some(sidecar.clone()),
-                    execution_id: self.tasks[index].execution_id.clone(),
-                    status: outcome,
-                    message: message.clone(),
-                    duration_ms: duration.as_millis() as u64,
-                    will_retry,
-                })
-                .await;
-                if will_retry {
-                    let run = &mut self.tasks[index];
-                    run.avoid.push(sidecar);
-                    run.state = State::Ready;
-                } else {
-                    self.settle(index, outcome, message).await;
-                }
+                self.execution_ended(index, sidecar, ended).await;
+            }
+            ExecResult::StopUnconfirmed {
+                outcome,
+                message,
+                duration,
+            } => {
+                let ended = Ended {
+                    outcome,
+                    message,
+                    duration,
+                    may_still_run: true,
+                };
+                self.execution_ended(index, sidecar, ended).await;
             }
         }
     }

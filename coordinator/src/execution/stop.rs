@@ -87,7 +87,7 @@ pub(super) async fn enforce(
     })
     .await;
     tracing::warn!(sidecar = %sidecar.name, execution = %spec.at.execution_id, "the sidecar did not confirm the stop; giving up on the execution");
-    ExecResult::Finished {
+    ExecResult::StopUnconfirmed {
         outcome,
         message: not_confirmed(&why, &sidecar.name),
         duration: began.elapsed(),

@@ -264,9 +264,15 @@ fn assert_gave_up(out: &CoordinatorOutput, took: Duration, status: &str, code: i
 
 #[test]
 fn a_task_timeout_ends_the_run_when_the_sidecar_cannot_stop_its_job() {
-    let (out, took) =
-        run_against_a_frozen_sidecar("stop-frozen-timeout", ("", TIMEOUT_KEY), |_| {});
+    // `retries` alone does not rerun it: the job may still be running on s1, and only
+    // `rerun_if_lost` allows a second copy.
+    let task_keys = format!("{TIMEOUT_KEY}retries = 1\n");
+    let (out, took) = run_against_a_frozen_sidecar("stop-frozen-timeout", ("", &task_keys), |_| {});
     assert_gave_up(&out, took, "timed_out", 1);
+    let events = out.events();
+    let finished = events.of_task("task_finished", "count");
+    assert_eq!(finished.len(), 1, "the task ran again: {out}");
+    assert_eq!(finished[0]["will_retry"], false, "{out}");
 }
 
 #[test]
