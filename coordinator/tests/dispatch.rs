@@ -85,6 +85,17 @@ async fn run(
     prior: BTreeMap<String, PriorTask>,
     cancel: CancellationToken,
 ) -> (BTreeMap<String, TaskOutcome>, Vec<RunEvent>, i32) {
+    run_with(text, dir, prior, cancel, RunOptions::default()).await
+}
+
+/// [`run`] with these options.
+async fn run_with(
+    text: &str,
+    dir: &Path,
+    prior: BTreeMap<String, PriorTask>,
+    cancel: CancellationToken,
+    options: RunOptions,
+) -> (BTreeMap<String, TaskOutcome>, Vec<RunEvent>, i32) {
     agentfleet_common::tls::install_crypto_provider();
     let plan = plan::parse(text, &dir.join("plan.toml")).unwrap();
     let sidecars = fleet::connect(plan.fleet.as_ref().unwrap()).unwrap();
@@ -97,14 +108,7 @@ async fn run(
         }
         events
     });
-    let dispatcher = Dispatcher::new(
-        &plan,
-        "r1".into(),
-        sidecars,
-        &infos,
-        tx,
-        RunOptions::default(),
-    );
+    let dispatcher = Dispatcher::new(&plan, "r1".into(), sidecars, &infos, tx, options);
     let result = tokio::time::timeout(
         Duration::from_secs(60),
         dispatcher.run(CancellationToken::new(), cancel, prior),
@@ -357,5 +361,43 @@ async fn canceling_a_run_whose_start_never_arrived_starts_nothing() {
     assert_eq!(code, 1);
     assert_eq!(finished_of(&events, "a").len(), 1);
     assert_eq!(runs_of(dir.path(), "ok"), 0, "cancel started the job");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_execution_on_an_unreachable_sidecar_is_not_placed_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let mut endpoints = sidecars(dir.path(), 1, &shutdown).await;
+    // s1: a port nobody listens on (connection refused), where the execution was running.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    endpoints.push(format!("http://{}", closed.local_addr().unwrap()));
+    drop(closed);
+    let mut prior = placed_but_never_started(&agentfleet_common::ids::new_execution_id());
+    let running = prior.get_mut("a").unwrap();
+    running.sidecar = Some("s1".into());
+    running.running.as_mut().unwrap().sidecar = "s1".into();
+    let options = RunOptions {
+        lost_after: Duration::from_secs(1),
+        ..RunOptions::default()
+    };
+    let (outcomes, events, code) = run_with(
+        &plan_text("[[task]]\nname = \"a\"\njob = \"ok\"\n", &endpoints),
+        dir.path(),
+        prior,
+        CancellationToken::new(),
+        options,
+    )
+    .await;
+    assert_eq!(outcomes["a"], TaskOutcome::Lost, "{events:?}");
+    assert_eq!(code, 1);
+    let finished = finished_of(&events, "a");
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert!(finished[0].2.contains("unreachable"), "{}", finished[0].2);
+    assert_eq!(
+        runs_of(dir.path(), "ok"),
+        0,
+        "the task was placed again on s0 while its job may run on s1"
+    );
     shutdown.cancel();
 }

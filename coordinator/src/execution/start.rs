@@ -2,7 +2,9 @@
 //! repeats safe. A resumed execution (a run re-attached from the store) is started with
 //! `resume_only`: the sidecar only follows what it already holds and never creates the
 //! execution, so re-attaching, or `coordinator cancel`, can never start a job whose
-//! original StartJob may never have arrived.
+//! original StartJob may never have arrived. Nor is a resumed execution ever handed back
+//! to placement as "refused": its sidecar unreachable, it is retried until it counts as
+//! LOST (`lost_after`), as its job may be running there.
 use std::time::{Duration, Instant};
 
 use agentfleet_common::backoff::Backoff;
@@ -61,7 +63,9 @@ pub(super) async fn start(
             }
             tonic::Code::ResourceExhausted => return refused(Refusal::SlotsBusy, detail),
             tonic::Code::Aborted => return refused(Refusal::AlreadyRunning, detail),
-            tonic::Code::Unavailable if never_sent(&detail) => {
+            // A resumed execution may be running on that sidecar: placing the task again
+            // could run a second copy, so it is retried below until it counts as lost.
+            tonic::Code::Unavailable if never_sent(&detail) && !spec.resumed => {
                 return refused(
                     Refusal::Unreachable,
                     explain_status(&sidecar.name, &sidecar.endpoint, &status),
@@ -69,6 +73,20 @@ pub(super) async fn start(
             }
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
                 if began.elapsed() < spec.lost_after => {}
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+                if spec.resumed =>
+            {
+                return Err(Some(ExecResult::Finished {
+                    outcome: TaskOutcome::Lost,
+                    message: format!(
+                        "sidecar `{}` unreachable for {}: {}",
+                        sidecar.name,
+                        agentfleet_common::duration::short(began.elapsed()),
+                        explain_status(&sidecar.name, &sidecar.endpoint, &status)
+                    ),
+                    duration: began.elapsed(),
+                }));
+            }
             _ => {
                 return Err(Some(ExecResult::Finished {
                     outcome: TaskOutcome::Failed,
@@ -83,7 +101,11 @@ pub(super) async fn start(
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff.next_delay()) => {}
-            () = stop.requested() => return stopped_before_an_answer(sidecar, spec, stop).await,
+            // A resumed execution may be running: it is not "stopped before it started";
+            // the stop half goes on asking the sidecar, bounded by its deadline.
+            () = stop.requested(), if !spec.resumed => {
+                return stopped_before_an_answer(sidecar, spec, stop).await;
+            }
         }
     }
 }
