@@ -216,7 +216,7 @@ fn run_against_a_frozen_sidecar(
     let fleet = env.write_fleet(&[&sidecar]);
     let plan = plan_with(&env, plan_keys, task_keys);
     let mut run = BackgroundCoordinator::spawn(&env, run_args(&plan, &fleet));
-    let placed = run.wait_for_event(WAIT, "the task to start", |e| {
+    let started = run.wait_for_event(WAIT, "the task to start", |e| {
         e["type"] == "task_started" && e["task"] == "count"
     });
     job.wait_for_progress(1, WAIT);
@@ -229,7 +229,7 @@ fn run_against_a_frozen_sidecar(
     frozen.thaw();
 
     // Clean up: the thawed sidecar stops the job.
-    let execution_id = placed["execution_id"].as_str().expect("an execution id");
+    let execution_id = started["execution_id"].as_str().expect("an execution id");
     runtime().block_on(async {
         let mut client = grpc::client(&sidecar, &env.pki().ca(), env.coordinator_cert()).await;
         let stop = StopJobRequest {
