@@ -5,13 +5,15 @@
 //!   never start the job (their StartJob is `resume_only`); the task is LOST, and rerun
 //!   under a new execution id only when the plan allows it;
 //! - a sidecar that cannot stop its job (frozen with SIGSTOP) does not hold a run up: a
-//!   task timeout, and SIGTERM to the coordinator, end the run within the coordinator's
-//!   stop deadline, saying the job may still be running.
+//!   task timeout, a plan timeout, and SIGTERM to the coordinator, end the run within the
+//!   coordinator's stop deadline, saying the job may still be running;
+//! - a sidecar takes only canonical (lower-case UUID) execution ids, which name its
+//!   journal directories.
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agentfleet_common::proto::StopJobRequest;
+use agentfleet_common::proto::{StartJobRequest, StopJobRequest};
 use agentfleet_e2e::background::BackgroundCoordinator;
 use agentfleet_e2e::faults::CountingJob;
 use agentfleet_e2e::freeze::Frozen;
@@ -294,4 +296,41 @@ fn sigterm_ends_the_coordinator_in_bounded_time_when_the_sidecar_cannot_stop_its
             .contains("waiting up to 30s for their sidecars to confirm"),
         "the coordinator says why it does not exit at once: {out}"
     );
+}
+
+#[test]
+fn start_job_refuses_execution_ids_that_are_not_lower_case_uuids() {
+    let env = TestEnv::new("canonical-ids");
+    let job = counting_job(&env, 1, Duration::from_millis(10));
+    let sidecar = env.start_sidecar("s1", &job.toml(), SidecarOptions::default());
+    let canonical = agentfleet_common::ids::new_execution_id();
+    runtime().block_on(async {
+        let mut client = grpc::client(&sidecar, &env.pki().ca(), env.coordinator_cert()).await;
+        let start = |execution_id: String| StartJobRequest {
+            execution_id,
+            job: "count".into(),
+            ..Default::default()
+        };
+        // On a case-insensitive file system these would share the canonical id's journal.
+        for bad in [canonical.to_uppercase(), "e1".to_owned()] {
+            let status = client.start_job(start(bad.clone())).await.unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{bad}: {status:?}"
+            );
+            assert!(
+                status.message().contains("expected a lower-case UUID"),
+                "{bad}: {}",
+                status.message()
+            );
+        }
+        let started = client
+            .start_job(start(canonical.clone()))
+            .await
+            .expect("StartJob");
+        assert!(started.into_inner().created);
+        grpc::watch_to_end(&mut client, &canonical, WAIT).await;
+    });
+    assert_eq!(job.runs(), 1, "only the canonical id started the job");
 }
