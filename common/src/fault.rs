@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `sqlagent-before-ledger` | sidecar, after the journal record, before the start ledger entry | a restart never starts the job late |
 //! | `sqlagent-before-start-batch` | sidecar, after the ledger entry, before `sp_start_job` | the same |
+//! | `coordinator-before-start-job` | coordinator, after a placement is recorded in the run store, before its StartJob | `attach` / `cancel` of the run never start the job (they only follow executions, `resume_only`) |
 use std::sync::OnceLock;
 
 /// The environment variable naming the crash point to arm.

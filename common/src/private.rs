@@ -19,11 +19,20 @@ pub fn create_dir(dir: &Path, force: bool) -> std::io::Result<()> {
 
 /// Makes `file` 0600 on Unix, creating it empty if it does not exist (so that a program
 /// that opens it later, such as SQLite, never creates it with the default umask).
+///
+/// An existing file is never opened here, only chmod-ed by path: closing any descriptor
+/// of a SQLite database drops every POSIX lock this process holds on it, which would let
+/// another process corrupt it under this process's open connections.
 pub fn create_file(file: &Path) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
     restrict(file, 0o600)
 }
 

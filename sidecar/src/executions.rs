@@ -45,7 +45,7 @@ pub struct Settings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("`{0}` is not a valid execution id: use 1-64 letters, digits, '-' or '_'")]
+    #[error("`{0}` is not a valid execution id: expected {form}", form = agentfleet_common::ids::EXECUTION_ID_FORM)]
     InvalidId(String),
     #[error(
         "execution `{id}` already exists for job `{existing}`, not `{requested}`; mint a new execution id for a different job"
@@ -59,6 +59,11 @@ pub enum RegistryError {
         "no execution `{0}` on this sidecar (it may have been pruned after it was acknowledged)"
     )]
     NotFound(String),
+    /// A `resume_only` StartJob for an execution this sidecar does not hold.
+    #[error(
+        "the sidecar has no record of execution `{0}`: its StartJob never arrived or it was pruned; it was not started (resume_only never creates an execution)"
+    )]
+    NotResumable(String),
     #[error("the sidecar is shutting down; start the job elsewhere or try again once it is back")]
     ShuttingDown,
     #[error(transparent)]
@@ -73,7 +78,9 @@ impl From<RegistryError> for tonic::Status {
         match e {
             RegistryError::InvalidId(_) => tonic::Status::invalid_argument(msg),
             RegistryError::IdConflict { .. } => tonic::Status::failed_precondition(msg),
-            RegistryError::NotFound(_) => tonic::Status::not_found(msg),
+            RegistryError::NotFound(_) | RegistryError::NotResumable(_) => {
+                tonic::Status::not_found(msg)
+            }
             RegistryError::ShuttingDown => tonic::Status::unavailable(msg),
             RegistryError::Backend(b) => b.into(),
             RegistryError::Journal(_) => tonic::Status::internal(msg),
@@ -225,6 +232,9 @@ impl Registry {
 
     /// StartJob. Returns the execution and whether this call created it. The work runs in
     /// its own task, so a caller that goes away mid-call cannot leave a half-started job.
+    /// With `resume_only` it only returns an execution this sidecar already holds: an
+    /// unknown id is `NotResumable` and nothing is created (a coordinator re-attaching to
+    /// a run must never start a job whose original StartJob may never have arrived).
     pub async fn start(
         &self,
         req: proto::StartJobRequest,
@@ -240,7 +250,7 @@ impl Registry {
         req: proto::StartJobRequest,
     ) -> Result<(proto::Execution, bool), RegistryError> {
         let id = req.execution_id.clone();
-        if !agentfleet_common::ids::is_valid_execution_id(&id) {
+        if !agentfleet_common::ids::is_canonical_execution_id(&id) {
             return Err(RegistryError::InvalidId(id));
         }
         let guard = self.inner.start_lock.lock().await;
@@ -253,6 +263,10 @@ impl Registry {
                 });
             }
             return Ok((existing.to_proto(), false));
+        }
+        if req.resume_only {
+            tracing::info!(execution_id = %id, job = %req.job, run_id = %req.run_id, task = %req.task, "resume_only StartJob for an execution this sidecar does not hold; nothing started");
+            return Err(RegistryError::NotResumable(id));
         }
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(RegistryError::ShuttingDown);

@@ -66,6 +66,10 @@ async fn open(state: &Path, slots: u32) -> Registry {
     Registry::open_with(settings, vec![backend]).await.unwrap()
 }
 
+fn id(label: &str) -> String {
+    agentfleet_common::ids::execution_id_from_label(label)
+}
+
 fn req(id: &str, job: &str) -> proto::StartJobRequest {
     proto::StartJobRequest {
         execution_id: id.into(),
@@ -104,10 +108,10 @@ async fn a_command_job_runs_in_its_supervisor() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let reg = open(&state, 2).await;
-    let (execution, created) = reg.start(req("q1", "quick")).await.unwrap();
+    let (execution, created) = reg.start(req(&id("q1"), "quick")).await.unwrap();
     assert!(created);
     assert!(execution.state >= proto::ExecutionState::Running as i32);
-    let events = watch_all(&reg, "q1").await;
+    let events = watch_all(&reg, &id("q1")).await;
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     let got = lines(&events);
@@ -116,7 +120,13 @@ async fn a_command_job_runs_in_its_supervisor() {
         panic!("ends with Finished: {events:?}")
     };
     assert_eq!(f.outcome, Outcome::Succeeded as i32, "{events:?}");
-    assert!(state.join("executions/q1/supervisor.log").is_file());
+    assert!(
+        state
+            .join("executions")
+            .join(id("q1"))
+            .join("supervisor.log")
+            .is_file()
+    );
 }
 
 #[test]
@@ -128,8 +138,8 @@ fn the_job_survives_a_crash_of_the_sidecar() {
     let first = runtime();
     first.block_on(async {
         let reg = open(&state, 1).await;
-        reg.start(req("c1", "count")).await.unwrap();
-        let mut progress = Box::pin(reg.watch("c1", 0).unwrap());
+        reg.start(req(&id("c1"), "count")).await.unwrap();
+        let mut progress = Box::pin(reg.watch(&id("c1"), 0).unwrap());
         // Wait for a few lines, so the crash happens mid-job.
         let mut seen = 0;
         while let Some(e) = progress.next().await {
@@ -146,12 +156,12 @@ fn the_job_survives_a_crash_of_the_sidecar() {
         let reg = open(&state, 1).await;
         let d = reg.describe();
         assert_eq!(d.running, 1, "re-attached and counted: {d:?}");
-        let events = watch_all(&reg, "c1").await;
+        let events = watch_all(&reg, &id("c1")).await;
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
         let expected: Vec<String> = (1..=LINES).map(|i| format!("line-{i}")).collect();
         assert_eq!(lines(&events), expected, "every line exactly once");
-        let e = reg.get("c1").unwrap();
+        let e = reg.get(&id("c1")).unwrap();
         assert_eq!(e.outcome, Outcome::Succeeded as i32, "{e:?}");
         assert_eq!(reg.describe().running, 0);
     });
@@ -166,16 +176,16 @@ fn a_reattached_execution_holds_its_slot_and_stops_through_the_stop_file() {
     let first = runtime();
     first.block_on(async {
         let reg = open(&state, 1).await;
-        reg.start(req("s1", "sleepy")).await.unwrap();
+        reg.start(req(&id("s1"), "sleepy")).await.unwrap();
     });
     first.shutdown_background();
 
     runtime().block_on(async {
         let reg = open(&state, 1).await;
         assert_eq!(reg.describe().running_jobs, vec!["sleepy"]);
-        let busy = tonic::Status::from(reg.start(req("s2", "quick")).await.unwrap_err());
+        let busy = tonic::Status::from(reg.start(req(&id("s2"), "quick")).await.unwrap_err());
         assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
-        let same = tonic::Status::from(reg.start(req("s3", "sleepy")).await.unwrap_err());
+        let same = tonic::Status::from(reg.start(req(&id("s3"), "sleepy")).await.unwrap_err());
         assert!(
             matches!(
                 same.code(),
@@ -184,13 +194,19 @@ fn a_reattached_execution_holds_its_slot_and_stops_through_the_stop_file() {
             "{same:?}"
         );
         // A repeated StartJob with the same id returns the running execution.
-        let (again, created) = reg.start(req("s1", "sleepy")).await.unwrap();
+        let (again, created) = reg.start(req(&id("s1"), "sleepy")).await.unwrap();
         assert!(!created);
         assert_eq!(again.state, proto::ExecutionState::Running as i32);
 
-        reg.stop("s1", "test").await.unwrap();
-        assert!(state.join("executions/s1/stop").is_file());
-        let events = watch_all(&reg, "s1").await;
+        reg.stop(&id("s1"), "test").await.unwrap();
+        assert!(
+            state
+                .join("executions")
+                .join(id("s1"))
+                .join("stop")
+                .is_file()
+        );
+        let events = watch_all(&reg, &id("s1")).await;
         let Some(Kind::Finished(f)) = &events.last().unwrap().kind else {
             panic!("ends with Finished: {events:?}")
         };
@@ -206,7 +222,7 @@ async fn no_supervisor_and_no_started_is_lost_and_never_started_late() {
     // What a sidecar killed between writing the record and spawning the supervisor leaves.
     let journal = Journal::open(&state).unwrap();
     let record = ExecutionRecord {
-        execution_id: "l1".into(),
+        execution_id: id("l1"),
         job: "count".into(),
         backend: "command".into(),
         run_id: String::new(),
@@ -219,19 +235,19 @@ async fn no_supervisor_and_no_started_is_lost_and_never_started_late() {
     journal.create(&record).unwrap();
 
     let reg = open(&state, 1).await;
-    let e = reg.get("l1").unwrap();
+    let e = reg.get(&id("l1")).unwrap();
     assert_eq!(e.outcome, Outcome::Lost as i32, "{e:?}");
     assert!(e.message.contains("it was not started"), "{e:?}");
     // A supervisor started now (late) finds Finished and does not run the job.
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_sidecar"))
         .arg("supervise")
         .arg("--execution-dir")
-        .arg(journal.dir("l1"))
+        .arg(journal.dir(&id("l1")))
         .status()
         .unwrap();
     assert!(status.success());
     assert!(!dir.path().join("runs").exists(), "the job never ran");
-    let (again, created) = reg.start(req("l1", "count")).await.unwrap();
+    let (again, created) = reg.start(req(&id("l1"), "count")).await.unwrap();
     assert!(!created);
     assert_eq!(again.outcome, Outcome::Lost as i32);
 }

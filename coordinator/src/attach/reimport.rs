@@ -152,6 +152,8 @@ async fn watch_into(
         timeout: None,
         lost_after: LOST_AFTER,
         resume_after_seq: row.last_seq,
+        // Follow only: a sidecar that no longer knows it answers NOT_FOUND, never starts it.
+        resumed: true,
     };
     tokio::spawn(execution::run(
         sidecar.clone(),

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{At, RunEvent, RunEventKind, TaskOutcome, TaskSummary};
-use crate::execution::{self, ExecMsg, ExecResult, ExecutionSpec, Refusal};
+use crate::execution::{self, ExecMsg, ExecResult, ExecutionSpec};
 use crate::fleet::{Sidecar, SidecarInfo};
 use crate::plan::Plan;
 use crate::schedule::{self, ReadyTask, SidecarState};
@@ -18,6 +18,7 @@ mod outcomes;
 mod resume;
 
 use fleet_view::{expected_durations, sidecar_state};
+use outcomes::Ended;
 pub use resume::{PriorExecution, PriorTask};
 
 /// How long a sidecar that refused a start (busy, unreachable) is passed over.
@@ -176,11 +177,13 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
-    /// Runs the plan to its end. `interrupt` is the user's Ctrl-C (stop what we started,
-    /// exit 130); `cancel` is `coordinator cancel RUN` (stop, exit 1). `prior` is what an
-    /// earlier coordinator of this run already did (empty for a new run): finished tasks
-    /// stay finished, running executions are watched again from their stored sequence
-    /// number, nothing is started twice.
+    /// Runs the plan to its end. `interrupt` is the user's Ctrl-C or SIGTERM (stop what we
+    /// started, exit 130); `cancel` is `coordinator cancel RUN` (stop, exit 1). `prior` is
+    /// what an earlier coordinator of this run already did (empty for a new run): finished
+    /// tasks stay finished, running executions are watched again from their stored
+    /// sequence number, nothing is started twice (a resumed execution is only followed: one
+    /// its sidecar does not know is LOST, see `resume.rs`). Every stop is bounded by the
+    /// executors' `STOP_CONFIRM_DEADLINE`, so this always returns.
     pub async fn run(
         mut self,
         interrupt: CancellationToken,
@@ -225,6 +228,14 @@ impl<'a> Dispatcher<'a> {
             tokio::select! {
                 Some(msg) = rx.recv() => self.on_message(msg).await,
                 _ = interrupt.cancelled(), if self.stopping == Stopping::No => {
+                    if self.running > 0 {
+                        // Say why the exit may take a while, and how to cut it short.
+                        tracing::warn!(
+                            "interrupted: stopping {} running job(s); waiting up to {}s for their sidecars to confirm (interrupt again to exit at once)",
+                            self.running,
+                            execution::STOP_CONFIRM_DEADLINE.as_secs()
+                        );
+                    }
                     self.stop_run(Stopping::Interrupted, "run interrupted").await;
                 }
                 _ = cancel.cancelled(), if self.stopping == Stopping::No => {
@@ -344,6 +355,9 @@ impl<'a> Dispatcher<'a> {
                 return;
             }
         }
+        // Test-only crash point (`agentfleet_common::fault`): the placement is durable,
+        // the StartJob it announces has not been sent.
+        agentfleet_common::fault::point("coordinator-before-start-job");
         self.tasks[index].execution_id = Some(at.execution_id.clone());
         self.emit(placed).await;
         let lost_after = if task.rerun_if_lost {
@@ -362,7 +376,8 @@ impl<'a> Dispatcher<'a> {
             params: self.params_for(index, sidecar_name),
             timeout: task.timeout,
             lost_after,
-            resume_after_seq: existing.map_or(0, |e| e.last_seq),
+            resume_after_seq: existing.as_ref().map_or(0, |e| e.last_seq),
+            resumed: existing.is_some(),
         };
         let sidecar = self.sidecars[sidecar_name].clone();
         tokio::spawn(execution::run(
@@ -393,68 +408,33 @@ impl<'a> Dispatcher<'a> {
         }
         match result {
             ExecResult::Refused { refusal, message } => {
-                tracing::debug!(%sidecar, ?refusal, %message, "start refused; placing again");
-                if let (Some(log), Some(id)) =
-                    (&self.options.placement_log, &self.tasks[index].execution_id)
-                {
-                    log.refused(id);
-                }
-                let run = &mut self.tasks[index];
-                run.attempts -= 1;
-                run.state = if self.stopping == Stopping::No {
-                    State::Ready
-                } else {
-                    State::Done(TaskOutcome::Canceled)
-                };
-                if refusal == Refusal::AlreadyRunning {
-                    // Someone else runs it there: prefer another sidecar for a while.
-                    run.avoid.push(sidecar.clone());
-                }
-                self.cooldown
-                    .insert(sidecar, Instant::now() + REFUSAL_COOLDOWN);
-                if self.stopping != Stopping::No {
-                    self.finish_unstarted(
-                        index,
-                        TaskOutcome::Canceled,
-                        "run stopped before it started".into(),
-                    )
-                    .await;
-                }
+                self.start_refused(index, sidecar, refusal, message).await;
             }
             ExecResult::Finished {
                 outcome,
                 message,
                 duration,
             } => {
-                let task = &self.plan.tasks[index];
-                let retryable = match outcome {
-                    TaskOutcome::Failed | TaskOutcome::TimedOut => true,
-                    TaskOutcome::Lost => task.rerun_if_lost,
-                    _ => false,
+                let ended = Ended {
+                    outcome,
+                    message,
+                    duration,
+                    may_still_run: false,
                 };
-                let run = &mut self.tasks[index];
-                run.duration += duration;
-                let attempt = run.attempts;
-                let will_retry =
-                    retryable && attempt <= task.retries && self.stopping == Stopping::No;
-                self.emit(RunEventKind::TaskFinished {
-                    task: task.name.clone(),
-                    attempt,
-                    sidecar: Some(sidecar.clone()),
-                    execution_id: self.tasks[index].execution_id.clone(),
-                    status: outcome,
-                    message: message.clone(),
-                    duration_ms: duration.as_millis() as u64,
-                    will_retry,
-                })
-                .await;
-                if will_retry {
-                    let run = &mut self.tasks[index];
-                    run.avoid.push(sidecar);
-                    run.state = State::Ready;
-                } else {
-                    self.settle(index, outcome, message).await;
-                }
+                self.execution_ended(index, sidecar, ended).await;
+            }
+            ExecResult::StopUnconfirmed {
+                outcome,
+                message,
+                duration,
+            } => {
+                let ended = Ended {
+                    outcome,
+                    message,
+                    duration,
+                    may_still_run: true,
+                };
+                self.execution_ended(index, sidecar, ended).await;
             }
         }
     }

@@ -1,11 +1,105 @@
-//! How tasks end: settling an outcome, releasing or skipping dependants, stopping the run,
-//! and the final summary.
-use std::time::Instant;
+//! How tasks end: a refused start, an execution's end (and whether the task runs again),
+//! settling an outcome, releasing or skipping dependants, stopping the run, and the final
+//! summary.
+use std::time::{Duration, Instant};
 
-use super::{Dispatcher, RunResult, State, Stopping};
+use super::{Dispatcher, REFUSAL_COOLDOWN, RunResult, State, Stopping};
 use crate::events::{RunEventKind, TaskOutcome, TaskSummary};
+use crate::execution::Refusal;
+
+/// How an execution ended, as its executor reported it.
+pub(super) struct Ended {
+    pub outcome: TaskOutcome,
+    pub message: String,
+    pub duration: Duration,
+    /// The executor gave up on a stop its sidecar never confirmed: the job may still be
+    /// running there.
+    pub may_still_run: bool,
+}
 
 impl Dispatcher<'_> {
+    /// A sidecar did not take a start (busy, the job already running there, unreachable):
+    /// the execution never existed, so the attempt does not count and the task is placed
+    /// again after a cooldown of that sidecar (or canceled if the run is stopping).
+    pub(super) async fn start_refused(
+        &mut self,
+        index: usize,
+        sidecar: String,
+        refusal: Refusal,
+        message: String,
+    ) {
+        tracing::debug!(%sidecar, ?refusal, %message, "start refused; placing again");
+        if let (Some(log), Some(id)) =
+            (&self.options.placement_log, &self.tasks[index].execution_id)
+        {
+            log.refused(id);
+        }
+        let run = &mut self.tasks[index];
+        run.attempts -= 1;
+        run.state = if self.stopping == Stopping::No {
+            State::Ready
+        } else {
+            State::Done(TaskOutcome::Canceled)
+        };
+        if refusal == Refusal::AlreadyRunning {
+            // Someone else runs it there: prefer another sidecar for a while.
+            run.avoid.push(sidecar.clone());
+        }
+        self.cooldown
+            .insert(sidecar, Instant::now() + REFUSAL_COOLDOWN);
+        if self.stopping != Stopping::No {
+            self.finish_unstarted(
+                index,
+                TaskOutcome::Canceled,
+                "run stopped before it started".into(),
+            )
+            .await;
+        }
+    }
+
+    /// Reports an execution's end, then runs the task again (a new attempt, a new
+    /// execution id, another sidecar preferred) or settles it. A failure or a timeout is
+    /// retried within `retries`; a lost execution, or one whose job may still be running
+    /// because its stop was never confirmed, only with `rerun_if_lost` (never two copies
+    /// of a job the plan does not allow); nothing is retried once the run is stopping.
+    pub(super) async fn execution_ended(&mut self, index: usize, sidecar: String, ended: Ended) {
+        let Ended {
+            outcome,
+            message,
+            duration,
+            may_still_run,
+        } = ended;
+        let task = &self.plan.tasks[index];
+        let retryable = match outcome {
+            _ if may_still_run => task.rerun_if_lost,
+            TaskOutcome::Failed | TaskOutcome::TimedOut => true,
+            TaskOutcome::Lost => task.rerun_if_lost,
+            _ => false,
+        };
+        let run = &mut self.tasks[index];
+        run.duration += duration;
+        let attempt = run.attempts;
+        let will_retry = retryable && attempt <= task.retries && self.stopping == Stopping::No;
+        self.emit(RunEventKind::TaskFinished {
+            task: task.name.clone(),
+            attempt,
+            sidecar: Some(sidecar.clone()),
+            execution_id: self.tasks[index].execution_id.clone(),
+            status: outcome,
+            message: message.clone(),
+            duration_ms: duration.as_millis() as u64,
+            will_retry,
+        })
+        .await;
+        if will_retry {
+            let run = &mut self.tasks[index];
+            run.avoid.push(sidecar);
+            run.state = State::Ready;
+        } else {
+            self.settle(index, outcome, message).await;
+        }
+    }
+
     /// Marks a task done (its TaskFinished already emitted), then releases its
     /// dependants, or skips everything downstream of it.
     pub(super) async fn settle(&mut self, index: usize, outcome: TaskOutcome, message: String) {

@@ -1,4 +1,11 @@
 //! Resuming a run that an earlier coordinator started: what the store says it did.
+//!
+//! An execution the store holds as running is only followed, never started: its StartJob
+//! goes out with `resume_only`, because the earlier coordinator may have recorded the
+//! placement and died before sending it, or the sidecar may have pruned it. A sidecar
+//! that does not know it answers NOT_FOUND and the executor ends it LOST; the task is
+//! then rerun, under a new execution id, only as the plan says (`rerun_if_lost` and
+//! `retries`, see `Dispatcher::on_done`), and never while the run is stopping (`cancel`).
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -188,14 +188,15 @@ async fn mtls_allowed_client_works_and_others_are_refused() {
     assert_eq!(describe.backends, vec!["command"]);
     assert_eq!(describe.slots, 2);
 
+    let ex1 = agentfleet_common::ids::execution_id_from_label("ex1");
     let started = client
-        .start_job(start("ex1", "a"))
+        .start_job(start(&ex1, "a"))
         .await
         .unwrap()
         .into_inner();
     assert!(started.created);
     let again = client
-        .start_job(start("ex1", "a"))
+        .start_job(start(&ex1, "a"))
         .await
         .unwrap()
         .into_inner();
@@ -210,7 +211,7 @@ async fn mtls_allowed_client_works_and_others_are_refused() {
 
     let mut events = client
         .watch(proto::WatchRequest {
-            execution_id: "ex1".into(),
+            execution_id: ex1.clone(),
             after_seq: 0,
         })
         .await
@@ -220,7 +221,7 @@ async fn mtls_allowed_client_works_and_others_are_refused() {
     assert!(matches!(first.kind, Some(Kind::Accepted(_))));
     client
         .stop_job(proto::StopJobRequest {
-            execution_id: "ex1".into(),
+            execution_id: ex1.clone(),
             reason: "test".into(),
         })
         .await
@@ -232,7 +233,7 @@ async fn mtls_allowed_client_works_and_others_are_refused() {
     assert_eq!(f.outcome, Outcome::Canceled as i32);
     let pruned = client
         .ack_executions(proto::AckExecutionsRequest {
-            execution_ids: vec!["ex1".into()],
+            execution_ids: vec![ex1.clone()],
         })
         .await
         .unwrap()
@@ -240,7 +241,7 @@ async fn mtls_allowed_client_works_and_others_are_refused() {
     assert_eq!(pruned.pruned, 1);
     let gone = client
         .watch(proto::WatchRequest {
-            execution_id: "ex1".into(),
+            execution_id: ex1.clone(),
             after_seq: 0,
         })
         .await
@@ -264,14 +265,15 @@ async fn mtls_allowed_client_works_and_others_are_refused() {
     assert!(anonymous.describe(proto::DescribeRequest {}).await.is_err());
 
     // Shutdown stops a running execution and ends in time.
-    client.start_job(start("ex2", "b")).await.unwrap();
+    let ex2 = agentfleet_common::ids::execution_id_from_label("ex2");
+    client.start_job(start(&ex2, "b")).await.unwrap();
     shutdown.cancel();
     server.await.unwrap().unwrap();
     let registry = Registry::open("test", 1, &dir.path().join("state"), Vec::new())
         .await
         .unwrap();
     assert_eq!(
-        registry.get("ex2").unwrap().outcome,
+        registry.get(&ex2).unwrap().outcome,
         Outcome::Canceled as i32
     );
 }

@@ -27,6 +27,7 @@ pub mod env;
 pub mod events;
 pub mod faults;
 pub mod files;
+pub mod freeze;
 pub mod grpc;
 pub mod log_volume;
 pub mod otlp;
