@@ -49,14 +49,19 @@ pub struct ExecutionRecord {
 }
 
 /// How far an execution's journal has got; published on a `watch` after each append.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
     /// Sequence number of the last event on disk.
     pub last_seq: u64,
     /// A Started event is on disk.
     pub started: bool,
-    /// The Finished event, once on disk.
+    /// The Finished event, once on disk, or once published as `unwritten_finished`.
     pub finished: Option<Finish>,
+    /// The Finished event, published before it could be written because the journal
+    /// cannot be written (a full disk; see `writer`'s error policy). Its seq is
+    /// `last_seq + 1`, and whoever published it keeps trying to write this very event,
+    /// so watchers get the same event now from memory as later from disk.
+    pub unwritten_finished: Option<Event>,
     /// SQL Server Agent: the largest msdb history `instance_id` an event on disk comes
     /// from (0: none). Where a resumed execution continues reading history, and what the
     /// writer never journals again (see `writer`).
@@ -74,6 +79,13 @@ impl Progress {
     /// Folds one appended event into the progress.
     pub fn observe(&mut self, event: &Event) {
         self.last_seq = event.seq;
+        if self
+            .unwritten_finished
+            .as_ref()
+            .is_some_and(|f| f.seq <= event.seq)
+        {
+            self.unwritten_finished = None;
+        }
         match &event.kind {
             Some(Kind::Started(_)) => self.started = true,
             Some(Kind::StepFinished(s)) => {
@@ -95,6 +107,24 @@ impl Progress {
             _ => {}
         }
     }
+
+    /// Publishes a Finished event that is not on disk yet (its seq must be
+    /// `last_seq + 1`): the execution is over for everyone, and `last_seq` still says
+    /// what is on disk.
+    pub fn observe_unwritten(&mut self, finished: &Event) {
+        debug_assert_eq!(finished.seq, self.last_seq + 1);
+        let on_disk = self.last_seq;
+        self.observe(finished);
+        self.last_seq = on_disk;
+        self.unwritten_finished = Some(finished.clone());
+    }
+
+    /// The last seq a watcher gets: on disk, or of the unwritten Finished event.
+    pub fn visible_last_seq(&self) -> u64 {
+        self.unwritten_finished
+            .as_ref()
+            .map_or(self.last_seq, |f| f.seq)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +135,11 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the execution directory `{}` already exists: an execution id is used once (on a case-insensitive file system, ids that differ only in case share one directory); mint a new execution id",
+        .0.display()
+    )]
+    AlreadyExists(PathBuf),
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
@@ -152,13 +187,21 @@ impl Journal {
     }
 
     /// Durably records a new execution and its Accepted event (seq 1); returns the file
-    /// the writer appends to. Blocking: call from `spawn_blocking`.
+    /// the writer appends to. Never reuses a directory: one that exists already (another
+    /// execution's, or the same name in another case on a case-insensitive file system)
+    /// is `AlreadyExists`, so two executions can never share a journal. Blocking: call
+    /// from `spawn_blocking`.
     pub fn create(
         &self,
         record: &ExecutionRecord,
     ) -> Result<(writer::EventFile, Progress), JournalError> {
         let dir = self.dir(&record.execution_id);
-        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(JournalError::AlreadyExists(dir));
+            }
+            other => other.map_err(io("create", &dir))?,
+        }
         let json = serde_json::to_vec_pretty(record).map_err(|e| JournalError::Io {
             action: "encode the record for",
             path: dir.clone(),
@@ -169,7 +212,7 @@ impl Journal {
         // The file starts with Accepted (seq 1); the writer continues at seq 2.
         let mut file = writer::EventFile::open(self.events_path(&record.execution_id), 0, 2)?;
         let accepted = accepted_event(record, 1);
-        file.append(&encode(std::slice::from_ref(&accepted)), true)?;
+        file.append(&encode(std::slice::from_ref(&accepted)))?;
         sync_dir(&dir)?;
         sync_dir(&self.root)?;
         let mut progress = Progress::default();
@@ -252,7 +295,7 @@ impl Journal {
         let mut file = writer::EventFile::open(events, scan.good_len, progress.last_seq + 1)?;
         if progress.last_seq == 0 {
             let accepted = accepted_event(&record, 1);
-            file.append(&encode(std::slice::from_ref(&accepted)), true)?;
+            file.append(&encode(std::slice::from_ref(&accepted)))?;
             file.next_seq = 2;
             progress.observe(&accepted);
         }
@@ -275,7 +318,7 @@ impl Journal {
         let (mut file, mut progress) = self.reopen(id)?;
         if progress.finished.is_none() {
             let event = finished_event(id, file.next_seq(), outcome, message);
-            file.append(&encode(std::slice::from_ref(&event)), true)?;
+            file.append(&encode(std::slice::from_ref(&event)))?;
             progress.observe(&event);
         }
         Ok(progress)
