@@ -374,10 +374,18 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), JournalErro
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-    f.write_all(bytes).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("sync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("rename into", path))
+    let written = File::create(&tmp)
+        .map_err(io("create", &tmp))
+        .and_then(|mut f| {
+            f.write_all(bytes).map_err(io("write", &tmp))?;
+            f.sync_all().map_err(io("sync", &tmp))
+        })
+        .and_then(|()| fs::rename(&tmp, path).map_err(io("rename into", path)));
+    if written.is_err() {
+        // Don't leave a half-written tmp file taking space on a disk that is full.
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Makes a rename or new file in `dir` durable (a no-op where directories can't be opened).

@@ -46,6 +46,7 @@ mod failure;
 mod file;
 
 use batch::{Batch, Seen};
+pub use failure::{JOURNAL_WRITE_FAILED, io_cause, journal_write_failed};
 pub use file::EventFile;
 #[cfg(test)]
 pub(crate) use file::test_hooks;

@@ -32,7 +32,7 @@ pub fn journal_write_failed(cause: &dyn std::fmt::Display, rest: &str) -> String
 
 /// The operating system's words for a failed append ("No space left on device (os
 /// error 28)"), without the path and advice of `JournalError`'s own message.
-pub fn cause(e: &JournalError) -> String {
+pub fn io_cause(e: &JournalError) -> String {
     match e {
         JournalError::Io { source, .. } => source.to_string(),
         other => other.to_string(),
@@ -80,7 +80,7 @@ impl Ending<'_> {
             }
         }
         let message = journal_write_failed(
-            &cause(error),
+            &io_cause(error),
             &format!(
                 "the job was stopped and the execution ended; its events after seq {on_disk} are lost. Free space in the sidecar's state_dir"
             ),
