@@ -12,7 +12,9 @@
 //!
 //! Loading never changes a journal: a supervisor may still be appending to it. Closing an
 //! execution as LOST (`close_lost`) or continuing it (`reopen`) are separate steps that
-//! the caller takes once it knows nobody else writes (see `executions::recovery`).
+//! the caller takes once it knows nobody else writes (see `executions::recovery`). A
+//! journal that cannot be read at all is moved to `state_dir/quarantine/` and replaced by
+//! a LOST one (see `quarantine.rs`); nothing is ever deleted because it does not parse.
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use agentfleet_common::proto::{self, Event, event::Kind};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+mod quarantine;
 pub mod reader;
 pub mod writer;
 
@@ -157,6 +160,15 @@ pub struct Journal {
     root: PathBuf,
 }
 
+/// What `load_one` found in an execution directory.
+enum Found {
+    Loaded(Box<Loaded>),
+    /// No record: left by a crash inside `create`.
+    NoRecord,
+    /// A record or events that cannot be read or parsed (why).
+    Unreadable(String),
+}
+
 /// An execution found on disk at start-up.
 #[derive(Debug)]
 pub struct Loaded {
@@ -222,7 +234,10 @@ impl Journal {
 
     /// Loads every execution on disk, read-only: an unfinished one may still be written by
     /// its supervisor, so nothing is cut or appended here (see `close_lost`, `reopen`).
-    /// Blocking: call at start-up or from `spawn_blocking`.
+    /// The one exception is a journal that cannot be read (its record does not parse or
+    /// cannot be read, its events cannot be read): it is moved aside, never deleted, and
+    /// listed as LOST (see `quarantine`). Blocking: call at start-up or from
+    /// `spawn_blocking`.
     pub fn load_all(&self) -> Result<Vec<Loaded>, JournalError> {
         let mut loaded = Vec::new();
         let entries = fs::read_dir(&self.root).map_err(io("list", &self.root))?;
@@ -234,13 +249,18 @@ impl Journal {
             if !dir.is_dir() || !agentfleet_common::ids::is_valid_execution_id(&id) {
                 continue;
             }
-            match self.load_one(&id)? {
-                Some(l) => loaded.push(l),
-                None => {
+            match self.load_one(&id) {
+                Found::Loaded(l) => loaded.push(*l),
+                Found::NoRecord => {
                     // No record: the sidecar stopped inside `create`, before StartJob
                     // answered, so nobody knows this execution. Remove the leftovers.
                     tracing::warn!(execution_id = %id, "removing an execution directory without a record");
                     let _ = fs::remove_dir_all(&dir);
+                }
+                Found::Unreadable(why) => {
+                    if let Some(l) = self.quarantine(&id, &why) {
+                        loaded.push(l);
+                    }
                 }
             }
         }
@@ -248,25 +268,26 @@ impl Journal {
         Ok(loaded)
     }
 
-    fn load_one(&self, id: &str) -> Result<Option<Loaded>, JournalError> {
+    fn load_one(&self, id: &str) -> Found {
         let path = self.dir(id).join(RECORD_FILE);
         let record: ExecutionRecord = match fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(execution_id = %id, error = %e, "unreadable execution record");
-                    return Ok(None);
+                    return Found::Unreadable(format!("`{}` does not parse: {e}", path.display()));
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io("read", &path)(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Found::NoRecord,
+            Err(e) => return Found::Unreadable(format!("cannot read `{}`: {e}", path.display())),
         };
-        let scan = reader::scan(&self.events_path(id))?;
-        Ok(Some(Loaded {
-            record,
-            progress: scan.progress,
-            len: scan.good_len,
-        }))
+        match reader::scan(&self.events_path(id)) {
+            Ok(scan) => Found::Loaded(Box::new(Loaded {
+                record,
+                progress: scan.progress,
+                len: scan.good_len,
+            })),
+            Err(e) => Found::Unreadable(e.to_string()),
+        }
     }
 
     /// The record of one execution (what its supervisor reads).
