@@ -158,6 +158,9 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Journ
 #[derive(Debug, Clone)]
 pub struct Journal {
     root: PathBuf,
+    /// Tests: attached to every events file `reopen` opens (see `writer::test_hooks`).
+    #[cfg(test)]
+    hooks: Option<std::sync::Arc<writer::test_hooks::Hooks>>,
 }
 
 /// What `load_one` found in an execution directory.
@@ -187,7 +190,18 @@ impl Journal {
     /// The journal whose executions are the directories in `root` (`state_dir/executions`).
     pub fn at(root: PathBuf) -> Result<Self, JournalError> {
         fs::create_dir_all(&root).map_err(io("create the journal directory", &root))?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            #[cfg(test)]
+            hooks: None,
+        })
+    }
+
+    /// Tests: lets them see and fail the appends of every file `reopen` opens.
+    #[cfg(test)]
+    pub(crate) fn with_hooks(mut self, hooks: std::sync::Arc<writer::test_hooks::Hooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     pub fn dir(&self, execution_id: &str) -> PathBuf {
@@ -314,6 +328,10 @@ impl Journal {
         }
         let mut progress = scan.progress;
         let mut file = writer::EventFile::open(events, scan.good_len, progress.last_seq + 1)?;
+        #[cfg(test)]
+        if let Some(hooks) = &self.hooks {
+            file = file.with_hooks(hooks.clone());
+        }
         if progress.last_seq == 0 {
             let accepted = accepted_event(&record, 1);
             file.append(&encode(std::slice::from_ref(&accepted)))?;

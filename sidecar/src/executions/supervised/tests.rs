@@ -90,3 +90,59 @@ async fn an_unreadable_journal_ends_the_execution_lost_instead_of_polling_foreve
         "the disk holds the event watchers got"
     );
 }
+
+/// The supervisor is gone and the disk does not take the Finished event: the follower
+/// publishes it from memory (so the execution ends for watchers and frees its slot) and
+/// writes that same event once the disk takes it.
+#[tokio::test]
+async fn a_finished_event_the_disk_refuses_is_published_and_written_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = Arc::new(crate::journal::writer::test_hooks::Hooks::default());
+    let journal = Journal::open(dir.path()).unwrap().with_hooks(hooks.clone());
+    let (_file, progress) = journal.create(&record("n1")).unwrap();
+    let path = journal.events_path("n1");
+    let offset = std::fs::metadata(&path).unwrap().len();
+    hooks.fail_next(u64::MAX);
+
+    let entry = Arc::new(Entry::new(record("n1"), progress));
+    let follower = Follower {
+        journal: journal.clone(),
+        path: path.clone(),
+        entry: entry.clone(),
+        offset,
+    };
+    // No child and a free lock: a supervisor that died while the sidecar was away.
+    let run = tokio::spawn(follower.run(None, CancellationToken::new()));
+    let mut published = entry.progress.subscribe();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        published.wait_for(|p| p.finished.is_some()),
+    )
+    .await
+    .expect("published although the disk refused it")
+    .unwrap()
+    .clone();
+    let finish = ended.finished.clone().unwrap();
+    assert_eq!(finish.outcome, proto::Outcome::Lost);
+    assert!(
+        finish
+            .message
+            .starts_with("journal write failed: No space left on device (os error 28); the sidecar restarted before the job started"),
+        "{}",
+        finish.message
+    );
+    assert_eq!(ended.last_seq, 1);
+    let unwritten = ended.unwritten_finished.clone().expect("from memory");
+    assert_eq!(unwritten.seq, 2);
+    assert!(!entry.running(), "the slot is free");
+
+    hooks.fail_next(0);
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("written once the disk takes it")
+        .unwrap();
+    let (events, _) = reader::read_from(&path, 0, usize::MAX).unwrap();
+    assert_eq!(events.last(), Some(&unwritten));
+    let p = entry.progress.borrow().clone();
+    assert_eq!((p.last_seq, p.unwritten_finished.is_none()), (2, true));
+}
