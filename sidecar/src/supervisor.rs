@@ -26,7 +26,10 @@
 //!   command backend in-process (steps, retries, goto, timeouts, process groups) with the
 //!   existing journal writer. It polls for `stop` every 100 ms; SIGTERM and SIGINT stop
 //!   the job too (a machine shutting down gets a journaled CANCELED, not a LOST); SIGHUP
-//!   is ignored. It exits once Finished is on disk.
+//!   is ignored. It exits once Finished is on disk. Should the journal not take writes
+//!   (a full disk), its writer stops the job, and if even the Finished event cannot be
+//!   written within a few seconds the supervisor exits with `EXIT_JOURNAL_UNWRITABLE`:
+//!   the sidecar then publishes the end ("journal write failed: …") and writes it later.
 //!
 //! ## Liveness without PIDs
 //!

@@ -12,7 +12,8 @@
 //!
 //! A journal that cannot be read is retried with backoff, still checking liveness, and
 //! after `MAX_READ_ERRORS` failures in a row the execution ends as LOST (the supervisor is
-//! asked to stop) rather than being polled forever.
+//! asked to stop) rather than being polled forever; so does one whose supervisor is gone
+//! but whose journal cannot be closed (e.g. its record cannot be read any more).
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,6 +130,8 @@ impl Registry {
             path: self.inner.journal.events_path(&entry.record.execution_id),
             entry,
             offset,
+            close_errors: 0,
+            close_error: None,
         };
         let stop = self.inner.watchers_stop.clone();
         self.inner.writers.spawn(follower.run(child, stop));
@@ -140,6 +143,9 @@ struct Follower {
     path: PathBuf,
     entry: Arc<Entry>,
     offset: u64,
+    /// Failed tries to close the journal of a gone supervisor, in a row, and the last error.
+    close_errors: u32,
+    close_error: Option<String>,
 }
 
 impl Follower {
@@ -171,7 +177,16 @@ impl Follower {
                     read_errors += 1;
                     tracing::warn!(execution_id = %id, error = %e, read_errors, "failed to read the journal");
                     if read_errors >= MAX_READ_ERRORS {
-                        self.end_unreadable(&e, &stop).await;
+                        let message = format!(
+                            "the journal of this execution cannot be read ({e}); the job was asked to stop, and its result is unknown; see {}",
+                            self.path.display()
+                        );
+                        let dir = self.journal.dir(&id);
+                        let _ = tokio::task::spawn_blocking(move || {
+                            supervisor::request_stop(&dir, "the sidecar cannot read the journal")
+                        })
+                        .await;
+                        self.end_lost_from_memory(message, &stop).await;
                         return;
                     }
                     // No `continue`: a supervisor that is gone is noticed all the same.
@@ -188,27 +203,27 @@ impl Follower {
                 if self.close_if_dead(why, None, &stop).await {
                     return;
                 }
+                if let Some(e) = self
+                    .close_error
+                    .take_if(|_| self.close_errors >= MAX_READ_ERRORS)
+                {
+                    let message = format!(
+                        "the supervisor of this execution is gone and its journal cannot be closed ({e}); its result is unknown"
+                    );
+                    self.end_lost_from_memory(message, &stop).await;
+                    return;
+                }
             }
         }
     }
 
-    /// The journal could not be read `MAX_READ_ERRORS` times in a row: asks the
-    /// supervisor (if any) to stop the job, publishes Finished{LOST} from memory with the
-    /// next seq, and once no supervisor holds the lock, writes that same event if the
-    /// journal's next seq is still the one it got (see `closing`).
-    async fn end_unreadable(&mut self, error: &std::io::Error, stop: &CancellationToken) {
+    /// The journal could not be read, or closed, `MAX_READ_ERRORS` times in a row:
+    /// publishes Finished{LOST, `message`} from memory with the next seq, and once no
+    /// supervisor holds the lock, writes that same event if the journal's next seq is
+    /// still the one it got (see `closing`), trying every `LIVENESS_EVERY`.
+    async fn end_lost_from_memory(&mut self, message: String, stop: &CancellationToken) {
         let id = self.entry.record.execution_id.clone();
-        let dir = self.journal.dir(&id);
-        let message = format!(
-            "the journal of this execution cannot be read ({error}); the job was asked to stop, and its result is unknown; see {}",
-            self.path.display()
-        );
         tracing::error!(execution_id = %id, %message, "ending the execution as LOST");
-        let stop_dir = dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            supervisor::request_stop(&stop_dir, "the sidecar cannot read the journal")
-        })
-        .await;
         let seq = self.entry.progress.borrow().last_seq + 1;
         let event = finished_event(&id, seq, proto::Outcome::Lost, &message);
         self.entry

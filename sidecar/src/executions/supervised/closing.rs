@@ -189,7 +189,10 @@ impl Follower {
                 self.entry.progress.send_replace(progress);
                 true
             }
-            Ok(Ok(Closing::Alive)) => false,
+            Ok(Ok(Closing::Alive)) => {
+                self.close_errors = 0;
+                false
+            }
             Ok(Ok(Closing::Unwritten {
                 lock,
                 file,
@@ -203,10 +206,14 @@ impl Follower {
             }
             Ok(Err(e)) => {
                 tracing::warn!(execution_id = %id, error = %e, "could not check the supervisor's lock or close the journal; trying again");
+                self.close_errors += 1;
+                self.close_error = Some(e.to_string());
                 false
             }
             Err(e) => {
                 tracing::warn!(execution_id = %id, error = %e, "lock check task failed");
+                self.close_errors += 1;
+                self.close_error = Some(e.to_string());
                 false
             }
         }

@@ -49,6 +49,8 @@ async fn an_unreadable_journal_ends_the_execution_lost_instead_of_polling_foreve
         path: path.clone(),
         entry: entry.clone(),
         offset,
+        close_errors: 0,
+        close_error: None,
     };
     let stop = CancellationToken::new();
     let run = tokio::spawn(follower.run(None, stop.clone()));
@@ -110,6 +112,8 @@ async fn a_finished_event_the_disk_refuses_is_published_and_written_later() {
         path: path.clone(),
         entry: entry.clone(),
         offset,
+        close_errors: 0,
+        close_error: None,
     };
     // No child and a free lock: a supervisor that died while the sidecar was away.
     let run = tokio::spawn(follower.run(None, CancellationToken::new()));
@@ -145,4 +149,44 @@ async fn a_finished_event_the_disk_refuses_is_published_and_written_later() {
     assert_eq!(events.last(), Some(&unwritten));
     let p = entry.progress.borrow().clone();
     assert_eq!((p.last_seq, p.unwritten_finished.is_none()), (2, true));
+}
+
+/// The supervisor is gone but the journal cannot be closed (its record no longer reads):
+/// after a bounded number of tries the execution ends LOST from memory.
+#[tokio::test]
+async fn a_journal_that_cannot_be_closed_ends_the_execution_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (_file, progress) = journal.create(&record("c1")).unwrap();
+    let path = journal.events_path("c1");
+    let offset = std::fs::metadata(&path).unwrap().len();
+    std::fs::write(journal.dir("c1").join("execution.json"), b"{").unwrap();
+
+    let entry = Arc::new(Entry::new(record("c1"), progress));
+    let follower = Follower {
+        journal: journal.clone(),
+        path,
+        entry: entry.clone(),
+        offset,
+        close_errors: 0,
+        close_error: None,
+    };
+    let _run = tokio::spawn(follower.run(None, CancellationToken::new()));
+    let mut published = entry.progress.subscribe();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        published.wait_for(|p| p.finished.is_some()),
+    )
+    .await
+    .expect("ends instead of trying forever")
+    .unwrap()
+    .clone();
+    let finish = ended.finished.unwrap();
+    assert_eq!(finish.outcome, proto::Outcome::Lost);
+    assert!(
+        finish.message.contains("cannot be closed"),
+        "{}",
+        finish.message
+    );
+    assert_eq!(ended.unwritten_finished.unwrap().seq, 2);
 }
