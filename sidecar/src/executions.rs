@@ -330,6 +330,7 @@ impl Registry {
             entry.progress.clone(),
             id.clone(),
             entry.detach.clone().unwrap_or_default(),
+            entry.stop.clone(),
         ));
         let ctx = ExecutionContext {
             execution_id: id.clone(),

@@ -12,7 +12,9 @@
 //!
 //! Loading never changes a journal: a supervisor may still be appending to it. Closing an
 //! execution as LOST (`close_lost`) or continuing it (`reopen`) are separate steps that
-//! the caller takes once it knows nobody else writes (see `executions::recovery`).
+//! the caller takes once it knows nobody else writes (see `executions::recovery`). A
+//! journal that cannot be read at all is moved to `state_dir/quarantine/` and replaced by
+//! a LOST one (see `quarantine.rs`); nothing is ever deleted because it does not parse.
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,10 @@ use agentfleet_common::proto::{self, Event, event::Kind};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+pub use load::Loaded;
+
+mod load;
+mod quarantine;
 pub mod reader;
 pub mod writer;
 
@@ -49,14 +55,19 @@ pub struct ExecutionRecord {
 }
 
 /// How far an execution's journal has got; published on a `watch` after each append.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
     /// Sequence number of the last event on disk.
     pub last_seq: u64,
     /// A Started event is on disk.
     pub started: bool,
-    /// The Finished event, once on disk.
+    /// The Finished event, once on disk, or once published as `unwritten_finished`.
     pub finished: Option<Finish>,
+    /// The Finished event, published before it could be written because the journal
+    /// cannot be written (a full disk; see `writer`'s error policy). Its seq is
+    /// `last_seq + 1`, and whoever published it keeps trying to write this very event,
+    /// so watchers get the same event now from memory as later from disk.
+    pub unwritten_finished: Option<Event>,
     /// SQL Server Agent: the largest msdb history `instance_id` an event on disk comes
     /// from (0: none). Where a resumed execution continues reading history, and what the
     /// writer never journals again (see `writer`).
@@ -74,6 +85,13 @@ impl Progress {
     /// Folds one appended event into the progress.
     pub fn observe(&mut self, event: &Event) {
         self.last_seq = event.seq;
+        if self
+            .unwritten_finished
+            .as_ref()
+            .is_some_and(|f| f.seq <= event.seq)
+        {
+            self.unwritten_finished = None;
+        }
         match &event.kind {
             Some(Kind::Started(_)) => self.started = true,
             Some(Kind::StepFinished(s)) => {
@@ -95,6 +113,24 @@ impl Progress {
             _ => {}
         }
     }
+
+    /// Publishes a Finished event that is not on disk yet (its seq must be
+    /// `last_seq + 1`): the execution is over for everyone, and `last_seq` still says
+    /// what is on disk.
+    pub fn observe_unwritten(&mut self, finished: &Event) {
+        debug_assert_eq!(finished.seq, self.last_seq + 1);
+        let on_disk = self.last_seq;
+        self.observe(finished);
+        self.last_seq = on_disk;
+        self.unwritten_finished = Some(finished.clone());
+    }
+
+    /// The last seq a watcher gets: on disk, or of the unwritten Finished event.
+    pub fn visible_last_seq(&self) -> u64 {
+        self.unwritten_finished
+            .as_ref()
+            .map_or(self.last_seq, |f| f.seq)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +141,11 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the execution directory `{}` already exists: an execution id is used once (on a case-insensitive file system, ids that differ only in case share one directory); mint a new execution id",
+        .0.display()
+    )]
+    AlreadyExists(PathBuf),
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JournalError {
@@ -120,15 +161,9 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Journ
 #[derive(Debug, Clone)]
 pub struct Journal {
     root: PathBuf,
-}
-
-/// An execution found on disk at start-up.
-#[derive(Debug)]
-pub struct Loaded {
-    pub record: ExecutionRecord,
-    pub progress: Progress,
-    /// Bytes of whole events on disk (where a follower of the file goes on reading).
-    pub len: u64,
+    /// Tests: attached to every events file `reopen` opens (see `writer::test_hooks`).
+    #[cfg(test)]
+    hooks: Option<std::sync::Arc<writer::test_hooks::Hooks>>,
 }
 
 impl Journal {
@@ -140,7 +175,18 @@ impl Journal {
     /// The journal whose executions are the directories in `root` (`state_dir/executions`).
     pub fn at(root: PathBuf) -> Result<Self, JournalError> {
         fs::create_dir_all(&root).map_err(io("create the journal directory", &root))?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            #[cfg(test)]
+            hooks: None,
+        })
+    }
+
+    /// Tests: lets them see and fail the appends of every file `reopen` opens.
+    #[cfg(test)]
+    pub(crate) fn with_hooks(mut self, hooks: std::sync::Arc<writer::test_hooks::Hooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     pub fn dir(&self, execution_id: &str) -> PathBuf {
@@ -152,13 +198,21 @@ impl Journal {
     }
 
     /// Durably records a new execution and its Accepted event (seq 1); returns the file
-    /// the writer appends to. Blocking: call from `spawn_blocking`.
+    /// the writer appends to. Never reuses a directory: one that exists already (another
+    /// execution's, or the same name in another case on a case-insensitive file system)
+    /// is `AlreadyExists`, so two executions can never share a journal. Blocking: call
+    /// from `spawn_blocking`.
     pub fn create(
         &self,
         record: &ExecutionRecord,
     ) -> Result<(writer::EventFile, Progress), JournalError> {
         let dir = self.dir(&record.execution_id);
-        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(JournalError::AlreadyExists(dir));
+            }
+            other => other.map_err(io("create", &dir))?,
+        }
         let json = serde_json::to_vec_pretty(record).map_err(|e| JournalError::Io {
             action: "encode the record for",
             path: dir.clone(),
@@ -169,61 +223,12 @@ impl Journal {
         // The file starts with Accepted (seq 1); the writer continues at seq 2.
         let mut file = writer::EventFile::open(self.events_path(&record.execution_id), 0, 2)?;
         let accepted = accepted_event(record, 1);
-        file.append(&encode(std::slice::from_ref(&accepted)), true)?;
+        file.append(&encode(std::slice::from_ref(&accepted)))?;
         sync_dir(&dir)?;
         sync_dir(&self.root)?;
         let mut progress = Progress::default();
         progress.observe(&accepted);
         Ok((file, progress))
-    }
-
-    /// Loads every execution on disk, read-only: an unfinished one may still be written by
-    /// its supervisor, so nothing is cut or appended here (see `close_lost`, `reopen`).
-    /// Blocking: call at start-up or from `spawn_blocking`.
-    pub fn load_all(&self) -> Result<Vec<Loaded>, JournalError> {
-        let mut loaded = Vec::new();
-        let entries = fs::read_dir(&self.root).map_err(io("list", &self.root))?;
-        for entry in entries {
-            let dir = entry.map_err(io("list", &self.root))?.path();
-            let Some(id) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
-                continue;
-            };
-            if !dir.is_dir() || !agentfleet_common::ids::is_valid_execution_id(&id) {
-                continue;
-            }
-            match self.load_one(&id)? {
-                Some(l) => loaded.push(l),
-                None => {
-                    // No record: the sidecar stopped inside `create`, before StartJob
-                    // answered, so nobody knows this execution. Remove the leftovers.
-                    tracing::warn!(execution_id = %id, "removing an execution directory without a record");
-                    let _ = fs::remove_dir_all(&dir);
-                }
-            }
-        }
-        loaded.sort_by_key(|l| l.record.accepted_at_ms);
-        Ok(loaded)
-    }
-
-    fn load_one(&self, id: &str) -> Result<Option<Loaded>, JournalError> {
-        let path = self.dir(id).join(RECORD_FILE);
-        let record: ExecutionRecord = match fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(execution_id = %id, error = %e, "unreadable execution record");
-                    return Ok(None);
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io("read", &path)(e)),
-        };
-        let scan = reader::scan(&self.events_path(id))?;
-        Ok(Some(Loaded {
-            record,
-            progress: scan.progress,
-            len: scan.good_len,
-        }))
     }
 
     /// The record of one execution (what its supervisor reads).
@@ -250,9 +255,13 @@ impl Journal {
         }
         let mut progress = scan.progress;
         let mut file = writer::EventFile::open(events, scan.good_len, progress.last_seq + 1)?;
+        #[cfg(test)]
+        if let Some(hooks) = &self.hooks {
+            file = file.with_hooks(hooks.clone());
+        }
         if progress.last_seq == 0 {
             let accepted = accepted_event(&record, 1);
-            file.append(&encode(std::slice::from_ref(&accepted)), true)?;
+            file.append(&encode(std::slice::from_ref(&accepted)))?;
             file.next_seq = 2;
             progress.observe(&accepted);
         }
@@ -275,7 +284,7 @@ impl Journal {
         let (mut file, mut progress) = self.reopen(id)?;
         if progress.finished.is_none() {
             let event = finished_event(id, file.next_seq(), outcome, message);
-            file.append(&encode(std::slice::from_ref(&event)), true)?;
+            file.append(&encode(std::slice::from_ref(&event)))?;
             progress.observe(&event);
         }
         Ok(progress)
@@ -331,10 +340,18 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), JournalErro
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-    f.write_all(bytes).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("sync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("rename into", path))
+    let written = File::create(&tmp)
+        .map_err(io("create", &tmp))
+        .and_then(|mut f| {
+            f.write_all(bytes).map_err(io("write", &tmp))?;
+            f.sync_all().map_err(io("sync", &tmp))
+        })
+        .and_then(|()| fs::rename(&tmp, path).map_err(io("rename into", path)));
+    if written.is_err() {
+        // Don't leave a half-written tmp file taking space on a disk that is full.
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Makes a rename or new file in `dir` durable (a no-op where directories can't be opened).

@@ -10,7 +10,7 @@
 //! | `job.json` | sidecar, before the spawn | the job: steps, env, params' names, `stop_grace` |
 //! | `events.pb` | sidecar (Accepted), then the supervisor | the journal |
 //! | `lock` | the supervisor holds an exclusive lock on it for its whole life | liveness |
-//! | `stop` | sidecar (StopJob), holds the reason | stop request |
+//! | `stop` | sidecar (StopJob), holds the reason (or nothing, on a full disk) | stop request |
 //! | `supervisor.log` | the supervisor's stdout and stderr | its own log |
 //!
 //! ## Who does what
@@ -26,7 +26,10 @@
 //!   command backend in-process (steps, retries, goto, timeouts, process groups) with the
 //!   existing journal writer. It polls for `stop` every 100 ms; SIGTERM and SIGINT stop
 //!   the job too (a machine shutting down gets a journaled CANCELED, not a LOST); SIGHUP
-//!   is ignored. It exits once Finished is on disk.
+//!   is ignored. It exits once Finished is on disk. Should the journal not take writes
+//!   (a full disk), its writer stops the job, and if even the Finished event cannot be
+//!   written within a few seconds the supervisor exits with `EXIT_JOURNAL_UNWRITABLE`:
+//!   the sidecar then publishes the end ("journal write failed: …") and writes it later.
 //!
 //! ## Liveness without PIDs
 //!
@@ -66,6 +69,11 @@ mod spawn;
 
 pub use lock::ExecutionLock;
 pub use spawn::{JOB_FILE, LOG_FILE, STOP_FILE, request_stop, spawn, write_job};
+
+/// The supervisor's exit code when the journal could not be written: it stopped the job
+/// and could not write the Finished event either; the sidecar ends the execution
+/// ("journal write failed: …") and keeps trying to write it.
+pub const EXIT_JOURNAL_UNWRITABLE: u8 = 3;
 
 /// The hidden subcommand's name: `<program> supervise --execution-dir DIR`.
 pub const SUBCOMMAND: &str = "supervise";
@@ -112,7 +120,8 @@ pub struct SuperviseArgs {
 /// The supervisor's entry point (`sidecar supervise` and `coordinator supervise`): runs
 /// one execution to its end. Call it from `main`, outside any async runtime. Exit code 0
 /// when the execution finished (or another supervisor owns it, or it had already run),
-/// 1 when the supervisor could not do its work (see `supervisor.log`).
+/// `EXIT_JOURNAL_UNWRITABLE` when the journal could not be written, 1 when the
+/// supervisor could not do its work (see `supervisor.log`).
 pub fn main(args: &SuperviseArgs) -> u8 {
     agentfleet_common::telemetry::init("info", agentfleet_common::telemetry::LogFormat::Plain);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -129,7 +138,10 @@ pub fn main(args: &SuperviseArgs) -> u8 {
         }
         Err(e) => {
             tracing::error!(execution_dir = %args.execution_dir.display(), error = %e, "supervisor failed");
-            1
+            match e {
+                run::SuperviseError::JournalUnwritable => EXIT_JOURNAL_UNWRITABLE,
+                _ => 1,
+            }
         }
     }
 }

@@ -20,7 +20,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const LINES: u32 = 20;
 
 /// `count`: prints LINES numbered lines over ~2 s and appends one line per run to `runs`.
-/// `sleepy`: runs until stopped.
+/// `sleepy`: runs until stopped. `chatty`: prints an 8000-byte line every 10 ms (more
+/// than a page: on a full disk each append fails) until stopped.
 fn jobs(dir: &Path) -> Vec<JobConfig> {
     let runs = dir.join("runs");
     let toml = format!(
@@ -36,6 +37,12 @@ name = "sleepy"
 [[job.step]]
 name = "sleep"
 run = ["sleep", "600"]
+
+[[job]]
+name = "chatty"
+[[job.step]]
+name = "talk"
+run = ["sh", "-c", "while true; do printf '%8000s\\n' chatty-line; sleep 0.01; done"]
 
 [[job]]
 name = "quick"
@@ -250,4 +257,90 @@ async fn no_supervisor_and_no_started_is_lost_and_never_started_late() {
     let (again, created) = reg.start(req(&id("l1"), "count")).await.unwrap();
     assert!(!created);
     assert_eq!(again.outcome, Outcome::Lost as i32);
+}
+
+/// A tmpfs mounted on a directory for one test; unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("could not run `mount`: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Self(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system of `dir` until it refuses more bytes.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![b'x'; 4096];
+    while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+    path
+}
+
+/// On a full disk StopJob still stops a supervised job (the stop file is created empty
+/// when the reason cannot be written); the journal cannot take the job's output, so the
+/// execution ends FAILED ("journal write failed"), and once there is space the journal
+/// holds the very Finished event that watchers got (written by the supervisor when the
+/// small event fits the space its cut-back batch left, else by the sidecar).
+#[tokio::test]
+async fn a_full_disk_neither_blocks_stop_nor_hides_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let _tmpfs = match Tmpfs::mount(&state, "1m") {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("skipped: cannot mount tmpfs ({why})");
+            return;
+        }
+    };
+    let reg = open(&state, 1).await;
+    reg.start(req(&id("f1"), "chatty")).await.unwrap();
+    // Full, but for the slack in pages already allocated, which no 8000-byte line fits.
+    let filler = fill(&state);
+
+    reg.stop(&id("f1"), "test")
+        .await
+        .expect("StopJob works on a full disk");
+    let events = watch_all(&reg, &id("f1")).await;
+    let Some(Kind::Finished(f)) = &events.last().unwrap().kind else {
+        panic!("ends with Finished: {events:?}")
+    };
+    assert_eq!(f.outcome, Outcome::Failed as i32, "{events:?}");
+    assert!(f.message.starts_with("journal write failed: "), "{f:?}");
+    let last = events.last().unwrap().clone();
+    assert_eq!(reg.describe().running, 0, "the slot is free");
+
+    // Space again: the sidecar writes the event watchers already got, with its seq.
+    std::fs::remove_file(filler).unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        // The registry's last_seq counts what is on disk.
+        while reg.get(&id("f1")).unwrap().last_seq < last.seq {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the Finished event reaches the disk");
+    let path = state.join("executions").join(id("f1")).join("events.pb");
+    let (on_disk, _) =
+        agentfleet_sidecar::journal::reader::read_from(&path, 0, usize::MAX).unwrap();
+    assert_eq!(on_disk.last(), Some(&last));
 }

@@ -143,6 +143,7 @@ impl Registry {
             entry.progress.clone(),
             id.clone(),
             detach.clone(),
+            entry.stop.clone(),
         ));
         tracing::info!(execution_id = %id, job = %entry.record.job, backend = backend.kind(), "resuming an execution after restart");
         self.inner.writers.spawn(async move {

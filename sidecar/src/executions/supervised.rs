@@ -7,7 +7,13 @@
 //! and frees the slot on Finished. It also notices a supervisor that died without a
 //! Finished event: while the supervisor is our own child its exit tells us; after a
 //! restart (re-attached, not our child) the execution lock is tried every
-//! `LIVENESS_EVERY`. Either way the journal is then closed under the lock.
+//! `LIVENESS_EVERY`. Either way the journal is then closed under the lock (`closing.rs`;
+//! a Finished event the disk does not take is published from memory and retried).
+//!
+//! A journal that cannot be read is retried with backoff, still checking liveness, and
+//! after `MAX_READ_ERRORS` failures in a row the execution ends as LOST (the supervisor is
+//! asked to stop) rather than being polled forever; so does one whose supervisor is gone
+//! but whose journal cannot be closed (e.g. its record cannot be read any more).
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +25,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Entry, Registry, RegistryError};
 use crate::backend::{BackendError, SupervisedJob};
-use crate::journal::{Journal, JournalError, Progress, reader, writer};
-use crate::supervisor::{self, ExecutionLock};
+use crate::journal::{Journal, finished_event, reader, writer};
+use crate::supervisor;
+
+mod closing;
+#[cfg(test)]
+mod tests;
+
+use closing::Gone;
 
 /// How often a running execution's journal is looked at.
 const POLL: Duration = Duration::from_millis(50);
@@ -31,6 +43,10 @@ const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 const START_WAIT: Duration = Duration::from_secs(30);
 /// Bytes read per catch-up step.
 const READ_CHUNK: usize = 1024 * 1024;
+/// Failed reads of the journal in a row (with backoff: about 15 s) after which the
+/// execution is ended as LOST instead of being polled forever (fewer in unit tests, so
+/// that they take seconds).
+const MAX_READ_ERRORS: u32 = if cfg!(test) { 5 } else { 20 };
 
 impl Registry {
     /// Writes the job description, spawns the supervisor and waits until it journaled
@@ -114,6 +130,8 @@ impl Registry {
             path: self.inner.journal.events_path(&entry.record.execution_id),
             entry,
             offset,
+            close_errors: 0,
+            close_error: None,
         };
         let stop = self.inner.watchers_stop.clone();
         self.inner.writers.spawn(follower.run(child, stop));
@@ -125,41 +143,104 @@ struct Follower {
     path: PathBuf,
     entry: Arc<Entry>,
     offset: u64,
+    /// Failed tries to close the journal of a gone supervisor, in a row, and the last error.
+    close_errors: u32,
+    close_error: Option<String>,
 }
 
 impl Follower {
-    /// Until Finished is read, the supervisor is found gone, or the sidecar shuts down.
+    /// Until Finished is read, the supervisor is found gone, the journal stays unreadable
+    /// (`MAX_READ_ERRORS`), or the sidecar shuts down.
     async fn run(mut self, mut child: Option<Child>, stop: CancellationToken) {
         let id = self.entry.record.execution_id.clone();
         let mut next_liveness = Instant::now();
+        let mut gone: Option<Gone> = None;
+        let mut read_errors = 0u32;
         loop {
             let exited = tokio::select! {
-                () = tokio::time::sleep(POLL) => None,
+                () = tokio::time::sleep(poll_delay(read_errors)) => None,
                 status = wait(&mut child) => Some(status),
                 () = stop.cancelled() => return,
             };
+            if let Some(status) = exited {
+                child = None;
+                let how = Gone::exited(status);
+                if let Gone::Exited { status, .. } = &how {
+                    tracing::info!(execution_id = %id, %status, "the supervisor exited");
+                }
+                gone = Some(how);
+            }
             match self.catch_up().await {
                 Ok(true) => return,
-                Ok(false) => {}
+                Ok(false) => read_errors = 0,
                 Err(e) => {
-                    // Policy on error: keep trying; Watch reports its own read errors.
-                    tracing::warn!(execution_id = %id, error = %e, "failed to read the journal");
-                    continue;
+                    read_errors += 1;
+                    tracing::warn!(execution_id = %id, error = %e, read_errors, "failed to read the journal");
+                    if read_errors >= MAX_READ_ERRORS {
+                        let message = format!(
+                            "the journal of this execution cannot be read ({e}); the job was asked to stop, and its result is unknown; see {}",
+                            self.path.display()
+                        );
+                        let dir = self.journal.dir(&id);
+                        let _ = tokio::task::spawn_blocking(move || {
+                            supervisor::request_stop(&dir, "the sidecar cannot read the journal")
+                        })
+                        .await;
+                        self.end_lost_from_memory(message, &stop).await;
+                        return;
+                    }
+                    // No `continue`: a supervisor that is gone is noticed all the same.
                 }
             }
-            if let Some(status) = exited {
-                let status = status
-                    .map(crate::process::describe_exit)
-                    .unwrap_or_else(|e| format!("unknown status ({e})"));
-                tracing::warn!(execution_id = %id, %status, "the supervisor exited before the execution finished");
-                self.close_if_dead(Gone::Exited(status)).await;
-                return;
-            }
+            // Our child's exit is checked at once (and again after a failed close); a
+            // re-attached supervisor's lock every LIVENESS_EVERY.
             if child.is_none() && Instant::now() >= next_liveness {
                 next_liveness = Instant::now() + LIVENESS_EVERY;
-                if self.close_if_dead(Gone::AfterRestart).await {
+                let why = gone.as_ref().unwrap_or(&Gone::AfterRestart);
+                if let Some(Gone::Exited { status, .. }) = &gone {
+                    tracing::warn!(execution_id = %id, %status, "the supervisor exited before the execution finished");
+                }
+                if self.close_if_dead(why, None, &stop).await {
                     return;
                 }
+                if let Some(e) = self
+                    .close_error
+                    .take_if(|_| self.close_errors >= MAX_READ_ERRORS)
+                {
+                    let message = format!(
+                        "the supervisor of this execution is gone and its journal cannot be closed ({e}); its result is unknown"
+                    );
+                    self.end_lost_from_memory(message, &stop).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The journal could not be read, or closed, `MAX_READ_ERRORS` times in a row:
+    /// publishes Finished{LOST, `message`} from memory with the next seq, and once no
+    /// supervisor holds the lock, writes that same event if the journal's next seq is
+    /// still the one it got (see `closing`), trying every `LIVENESS_EVERY`.
+    async fn end_lost_from_memory(&mut self, message: String, stop: &CancellationToken) {
+        let id = self.entry.record.execution_id.clone();
+        tracing::error!(execution_id = %id, %message, "ending the execution as LOST");
+        let seq = self.entry.progress.borrow().last_seq + 1;
+        let event = finished_event(&id, seq, proto::Outcome::Lost, &message);
+        self.entry
+            .progress
+            .send_modify(|p| p.observe_unwritten(&event));
+        // Write it once the supervisor is gone (a full close publishes the journal's own
+        // end instead, should the supervisor have written one after all).
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(LIVENESS_EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+            if self
+                .close_if_dead(&Gone::AfterRestart, Some(event.clone()), stop)
+                .await
+            {
+                return;
             }
         }
     }
@@ -194,87 +275,13 @@ impl Follower {
             }
         }
     }
-
-    /// If no supervisor holds the lock, closes the journal (under the lock) as `why`
-    /// says and publishes it; true when the execution is over.
-    async fn close_if_dead(&mut self, why: Gone) -> bool {
-        let journal = self.journal.clone();
-        let dir = journal.dir(&self.entry.record.execution_id);
-        let id = self.entry.record.execution_id.clone();
-        let closed = tokio::task::spawn_blocking(move || {
-            let Some(lock) = ExecutionLock::try_acquire(&dir).map_err(|e| JournalError::Io {
-                action: "lock",
-                path: dir.clone(),
-                source: e,
-            })?
-            else {
-                return Ok(None); // alive
-            };
-            // Under the lock nobody writes: what is on disk now is all there will be.
-            let started = reader::scan(&journal.events_path(&id))?.progress.started;
-            let (outcome, message) = why.verdict(started, &dir);
-            let progress = journal.close(&id, outcome, &message)?;
-            drop(lock);
-            Ok::<Option<Progress>, JournalError>(Some(progress))
-        })
-        .await;
-        match closed {
-            Ok(Ok(Some(progress))) => {
-                if let Some(f) = &progress.finished {
-                    tracing::warn!(execution_id = %self.entry.record.execution_id, outcome = ?f.outcome, message = %f.message, "closed an execution whose supervisor is gone");
-                }
-                self.entry.progress.send_replace(progress);
-                true
-            }
-            Ok(Ok(None)) => false,
-            Ok(Err(e)) => {
-                tracing::warn!(execution_id = %self.entry.record.execution_id, error = %e, "could not check the supervisor's lock");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(execution_id = %self.entry.record.execution_id, error = %e, "lock check task failed");
-                false
-            }
-        }
-    }
 }
 
-/// How the supervisor went away.
-enum Gone {
-    /// Our own child exited (with this status) before Finished.
-    Exited(String),
-    /// Found without a supervisor after a sidecar restart.
-    AfterRestart,
-}
-
-impl Gone {
-    fn verdict(&self, started: bool, dir: &std::path::Path) -> (proto::Outcome, String) {
-        let log = dir.join(supervisor::LOG_FILE);
-        match (self, started) {
-            (Gone::Exited(status), false) => (
-                proto::Outcome::Failed,
-                format!(
-                    "failed to start: the supervisor exited ({status}) before starting the job; see {}",
-                    log.display()
-                ),
-            ),
-            (Gone::Exited(status), true) => (
-                proto::Outcome::Lost,
-                format!(
-                    "the supervisor of this execution exited ({status}) before it finished; its result is unknown; see {}",
-                    log.display()
-                ),
-            ),
-            (Gone::AfterRestart, false) => (
-                proto::Outcome::Lost,
-                recovery_message::NOT_STARTED.to_owned(),
-            ),
-            (Gone::AfterRestart, true) => (
-                proto::Outcome::Lost,
-                recovery_message::SUPERVISOR_GONE.to_owned(),
-            ),
-        }
-    }
+/// The wait before the next look at the journal: `POLL`, backing off (doubling up to
+/// `LIVENESS_EVERY`) while reads fail.
+fn poll_delay(read_errors: u32) -> Duration {
+    POLL.saturating_mul(1 << read_errors.min(5))
+        .min(LIVENESS_EVERY)
 }
 
 /// The messages of executions closed because their supervisor is gone.

@@ -2,7 +2,9 @@
 //! reads, and the Watch stream (replay from disk, then follow the writer's `Progress`).
 //!
 //! A watcher never gets events from memory: it reads the file after the writer says
-//! more is there. A slow watcher simply reads later; nothing overflows.
+//! more is there. A slow watcher simply reads later; nothing overflows. The one exception
+//! is a Finished event that a full disk keeps off the journal: it is published in memory
+//! with the next sequence number and watchers get it from there (see `writer`).
 use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -161,7 +163,8 @@ pub fn read_from(path: &Path, offset: u64, budget: usize) -> std::io::Result<(Ve
 }
 
 /// The events after `after_seq`: first what is on disk, then each append as the writer
-/// publishes it, ending after the Finished event. Ends with UNAVAILABLE when `shutdown`
+/// publishes it, ending after the Finished event (from memory when the journal could not
+/// take it yet: `Progress::unwritten_finished`). Ends with UNAVAILABLE when `shutdown`
 /// fires first (the coordinator watches again after the sidecar is back).
 pub fn watch(
     path: PathBuf,
@@ -174,7 +177,10 @@ pub fn watch(
         let mut read_seq = 0u64;
         let mut writer_gone = false;
         loop {
-            let known = progress.borrow_and_update().last_seq;
+            let (known, unwritten) = {
+                let p = progress.borrow_and_update();
+                (p.last_seq, p.unwritten_finished.clone())
+            };
             if read_seq < known || writer_gone {
                 let p = path.clone();
                 let chunk = tokio::task::spawn_blocking(move || read_from(&p, offset, READ_BUDGET)).await;
@@ -210,6 +216,14 @@ pub fn watch(
                     ));
                     return;
                 }
+            }
+            // Everything on disk is read, and the Finished event that the journal could
+            // not take yet follows it: the same event the disk gets later.
+            if let Some(finished) = unwritten.filter(|f| f.seq == read_seq + 1) {
+                if finished.seq > after_seq {
+                    yield Ok(finished);
+                }
+                return;
             }
             tokio::select! {
                 changed = progress.changed() => {

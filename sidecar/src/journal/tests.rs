@@ -318,3 +318,27 @@ async fn history_rows_are_journaled_once_across_a_reopen() {
     assert_eq!(started, 1);
     assert_eq!(tx.borrow().last_history_id, 12);
 }
+
+/// `create` never reuses a directory, so two executions (or "ABC" and "abc" on a
+/// case-insensitive file system) can never share a journal: the existing one is left
+/// exactly as it was.
+#[test]
+fn create_refuses_an_existing_execution_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    journal.create(&record("c1")).unwrap();
+    let events_before = std::fs::read(journal.events_path("c1")).unwrap();
+    let record_before = journal.record("c1").unwrap();
+
+    let mut other = record("c1");
+    other.job = "job-b".into();
+    other.accepted_at_ms = 2;
+    let err = journal.create(&other).unwrap_err();
+    assert!(matches!(err, JournalError::AlreadyExists(_)), "{err}");
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(journal.record("c1").unwrap(), record_before);
+    assert_eq!(
+        std::fs::read(journal.events_path("c1")).unwrap(),
+        events_before
+    );
+}

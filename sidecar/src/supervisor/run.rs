@@ -1,5 +1,8 @@
 //! The supervisor's side: take the lock, check the journal, run the command job with the
-//! journal writer in this process, watch for a stop request, exit after Finished.
+//! journal writer in this process, watch for a stop request, exit after Finished. When
+//! the journal cannot be written, the writer stops the job (through the same stop token
+//! as a stop request: the step's process tree is ended here) and the supervisor exits
+//! with `EXIT_JOURNAL_UNWRITABLE` if even its Finished event cannot be written.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +20,11 @@ use crate::journal::{Journal, JournalError, writer};
 
 /// How often the supervisor looks for `DIR/stop`.
 const STOP_POLL: Duration = Duration::from_millis(100);
+/// When the journal cannot be written (a full disk), the writer stops the job and tries
+/// to write its Finished{FAILED} event for this long; then the supervisor exits with
+/// `EXIT_JOURNAL_UNWRITABLE` and the sidecar, which lives on, takes over: it publishes
+/// the end of the execution and keeps trying to write it (see `executions::supervised`).
+const FINISH_WAIT: Duration = Duration::from_secs(5);
 
 /// How a supervisor's work ended (all are exit code 0).
 #[derive(Debug, PartialEq, Eq)]
@@ -42,6 +50,10 @@ pub enum SuperviseError {
     Job { path: PathBuf, detail: String },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(
+        "the journal could not be written (see the errors above): the job was stopped, and its Finished event is left to the sidecar"
+    )]
+    JournalUnwritable,
 }
 
 /// Runs the execution in `dir` (see the module docs of `supervisor`).
@@ -73,8 +85,17 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
 
     let (sink, rx) = EventSink::channel(&id);
     let (progress_tx, _) = watch::channel(progress);
-    let writer = tokio::spawn(writer::run(file, rx, progress_tx, id.clone()));
     let stop = CancellationToken::new();
+    let policy = writer::RetryPolicy {
+        finish_for: Some(FINISH_WAIT),
+        ..Default::default()
+    };
+    let writer = tokio::spawn(
+        writer::Writer::new(file, rx, progress_tx, id.clone())
+            .stop_on_failure(stop.clone())
+            .with_policy(policy)
+            .run(),
+    );
     let watcher = tokio::spawn(watch_for_stop(dir.to_owned(), stop.clone()));
 
     tracing::info!(execution_id = %id, job = %record.job, "supervisor starting job");
@@ -98,12 +119,17 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
     drop(sink);
     // The writer ends once Finished is on disk (or, should every sender go without one,
     // after journaling LOST itself).
-    if let Err(e) = writer.await {
-        tracing::error!(execution_id = %id, error = %e, "the journal writer failed");
-    }
+    let ended = writer.await;
     watcher.abort();
     drop(lock);
-    Ok(Done::Ran)
+    match ended {
+        Ok(writer::Ended::FinishUnwritten) => Err(SuperviseError::JournalUnwritable),
+        Ok(_) => Ok(Done::Ran),
+        Err(e) => {
+            tracing::error!(execution_id = %id, error = %e, "the journal writer failed");
+            Ok(Done::Ran)
+        }
+    }
 }
 
 fn read_job(path: &Path) -> Result<SupervisedJob, SuperviseError> {
@@ -123,6 +149,8 @@ async fn watch_for_stop(dir: PathBuf, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                // An empty file is a stop request too: on a full disk the sidecar can
+                // create it but not write the reason into it.
                 if let Ok(reason) = tokio::fs::read_to_string(&path).await {
                     tracing::info!(reason = %reason.trim(), "stop requested");
                     break;

@@ -84,9 +84,25 @@ fn spawn_detached(cmd: &mut Command) -> io::Result<Child> {
     }
 }
 
-/// Asks the execution's supervisor to stop it: writes `DIR/stop` holding the reason. The
-/// supervisor notices within ~100 ms, ends the step's process tree (grace, then kill)
-/// and journals the result. Idempotent. Blocking.
+/// Asks the execution's supervisor to stop it: creates `DIR/stop`, then writes the
+/// reason into it. The supervisor notices within ~100 ms, ends the step's process tree
+/// (grace, then kill) and journals the result. The empty file is the request already,
+/// so a full disk (the reason cannot be written) does not keep a job from stopping; only
+/// failing to create the file is an error. Idempotent. Blocking.
 pub fn request_stop(execution_dir: &Path, reason: &str) -> Result<(), JournalError> {
-    write_durably(&execution_dir.join(STOP_FILE), reason.as_bytes())
+    let path = execution_dir.join(STOP_FILE);
+    // An empty file takes an inode but no data block: it works on a full disk.
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|source| JournalError::Io {
+            action: "create",
+            path: path.clone(),
+            source,
+        })?;
+    if let Err(e) = write_durably(&path, reason.as_bytes()) {
+        tracing::warn!(path = %path.display(), error = %e, "could not write the stop reason; the (empty) stop file asks the supervisor to stop all the same");
+    }
+    Ok(())
 }
