@@ -253,16 +253,12 @@ impl Registry {
         if !agentfleet_common::ids::is_canonical_execution_id(&id) {
             return Err(RegistryError::InvalidId(id));
         }
-        let guard = self.inner.start_lock.lock().await;
-        if let Some(existing) = self.entry(&id) {
-            if existing.record.job != req.job {
-                return Err(RegistryError::IdConflict {
-                    id,
-                    existing: existing.record.job.clone(),
-                    requested: req.job,
-                });
-            }
-            return Ok((existing.to_proto(), false));
+        // Without the start lock: a repeated StartJob, and finding the backend, which for
+        // SQL Server Agent is a query that can take as long as the server is slow. The lock
+        // serialises only the check-and-insert below, so a slow SQL Server delays only the
+        // starts of its own jobs (which its backend serialises anyway), never command jobs.
+        if let Some(existing) = self.existing(&id, &req.job)? {
+            return Ok(existing);
         }
         if req.resume_only {
             tracing::info!(execution_id = %id, job = %req.job, run_id = %req.run_id, task = %req.task, "resume_only StartJob for an execution this sidecar does not hold; nothing started");
@@ -272,6 +268,14 @@ impl Registry {
             return Err(RegistryError::ShuttingDown);
         }
         let backend = self.route(&req.job).await?;
+        let guard = self.inner.start_lock.lock().await;
+        // Again under the lock: the same id may have been started meanwhile.
+        if let Some(existing) = self.existing(&id, &req.job)? {
+            return Ok(existing);
+        }
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(RegistryError::ShuttingDown);
+        }
         {
             let map = self.map();
             let running: Vec<&Arc<Entry>> = map.values().filter(|e| e.running()).collect();
@@ -358,6 +362,26 @@ impl Registry {
             return Err(e.into());
         }
         Ok((entry.to_proto(), true))
+    }
+
+    /// A StartJob for an execution this sidecar holds: its state (`created` false), or a
+    /// conflict when the id was used for another job.
+    fn existing(
+        &self,
+        id: &str,
+        job: &str,
+    ) -> Result<Option<(proto::Execution, bool)>, RegistryError> {
+        let Some(existing) = self.entry(id) else {
+            return Ok(None);
+        };
+        if existing.record.job != job {
+            return Err(RegistryError::IdConflict {
+                id: id.to_owned(),
+                existing: existing.record.job.clone(),
+                requested: job.to_owned(),
+            });
+        }
+        Ok(Some((existing.to_proto(), false)))
     }
 
     /// The backend offering `job`, or NotFound listing what is offered.

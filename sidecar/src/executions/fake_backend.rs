@@ -17,6 +17,10 @@ pub struct FakeBackend {
     pub release: CancellationToken,
     /// Claims `resumes_after_restart` (as SQL Server Agent does).
     pub resumable: bool,
+    /// When set, listing jobs waits until it is cancelled (a slow SQL Server)...
+    pub names_gate: Option<CancellationToken>,
+    /// ...and this counts the callers waiting there.
+    pub names_waiting: AtomicU32,
 }
 
 impl FakeBackend {
@@ -26,6 +30,8 @@ impl FakeBackend {
             starts: AtomicU32::new(0),
             release: CancellationToken::new(),
             resumable: false,
+            names_gate: None,
+            names_waiting: AtomicU32::new(0),
         }
     }
 
@@ -41,6 +47,10 @@ impl Backend for FakeBackend {
     }
 
     async fn job_names(&self) -> Result<Vec<String>, BackendError> {
+        if let Some(gate) = &self.names_gate {
+            self.names_waiting.fetch_add(1, Ordering::SeqCst);
+            gate.cancelled().await;
+        }
         Ok(self.jobs.clone())
     }
 

@@ -135,6 +135,49 @@ async fn resume_only_never_creates_an_execution() {
     assert_eq!(backend.starts(), 1);
 }
 
+/// A backend slow to say which jobs it offers (a SQL Server taking its time) delays only
+/// the starts of its own jobs: another backend's job starts meanwhile.
+#[tokio::test]
+async fn a_slow_backend_does_not_hold_up_other_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fast = Arc::new(FakeBackend::new(&["quick"]));
+    let mut slow = FakeBackend::new(&["slow"]);
+    let gate = CancellationToken::new();
+    slow.names_gate = Some(gate.clone());
+    let slow = Arc::new(slow);
+    let reg = Registry::open(
+        "test",
+        4,
+        dir.path(),
+        vec![
+            fast.clone() as Arc<dyn Backend>,
+            slow.clone() as Arc<dyn Backend>,
+        ],
+    )
+    .await
+    .unwrap();
+    let blocked = {
+        let reg = reg.clone();
+        tokio::spawn(async move { reg.start(req(id("s"), "slow")).await })
+    };
+    // Until the slow start is inside its job lookup.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while slow.names_waiting.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the slow start never asked its backend for its jobs");
+    let quick = tokio::time::timeout(Duration::from_secs(5), reg.start(req(id("q"), "quick")))
+        .await
+        .expect("a command-job start waited for a slow backend's lookup");
+    assert!(quick.unwrap().1);
+    assert!(!blocked.is_finished());
+    gate.cancel();
+    assert!(blocked.await.unwrap().unwrap().1);
+    assert_eq!((fast.starts(), slow.starts()), (1, 1));
+}
+
 #[tokio::test]
 async fn unknown_job_lists_offered_jobs() {
     let dir = tempfile::tempdir().unwrap();
