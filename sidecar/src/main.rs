@@ -28,6 +28,9 @@ enum Command {
     Install {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Linux: run the service as this existing account (hardened unit; it gets the state_dir).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
         /// Print what would be registered instead of registering it.
         #[arg(long)]
         dry_run: bool,
@@ -120,7 +123,7 @@ fn main() -> ExitCode {
             let ok = runtime.block_on(check::run(&flags, &env, &mut std::io::stdout()));
             ExitCode::from(if ok { 0 } else { 1 })
         }
-        Command::Install { dry_run, .. } => {
+        Command::Install { dry_run, user, .. } => {
             let cfg = match config::load(&flags, &env) {
                 Ok(c) => c,
                 Err(e) => return fail(2, &e),
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
                 &cfg.source,
                 &cfg.state_dir,
                 cfg.stop_grace,
+                user.as_deref(),
                 dry_run,
             ))
         }

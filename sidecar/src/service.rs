@@ -30,6 +30,10 @@ pub enum ServiceError {
     },
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
+    #[error(
+        "--user is for Linux; on Windows, set the service's account in the Services console (sc.exe config agentfleet-sidecar obj= ...)"
+    )]
+    UserOnLinuxOnly,
     /// A call to the Windows service control manager failed.
     #[error("failed to {action}: {detail}")]
     Windows { action: String, detail: String },
@@ -45,27 +49,31 @@ pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Erro
 }
 
 /// Registers the sidecar with `config` as a service started at boot, and starts it; returns
-/// what it did, one line per step. `state_dir` holds the Windows service's log file. With
+/// what it did, one line per step. `state_dir` holds the Windows service's log file; on
+/// Linux, `user` runs the service as that account (hardened; see `systemd.rs`). With
 /// `dry_run`, returns what would be registered and changes nothing.
 pub fn install(
     config: &Path,
     state_dir: &Path,
     stop_grace: Duration,
+    user: Option<&str>,
     dry_run: bool,
 ) -> Result<Vec<String>, ServiceError> {
     let exe = std::env::current_exe().map_err(io("find", Path::new("the sidecar executable")))?;
     #[cfg(target_os = "linux")]
     {
-        let _ = state_dir;
-        systemd::install(&exe, config, stop_grace, dry_run)
+        systemd::install(&exe, config, state_dir, stop_grace, user, dry_run)
     }
     #[cfg(windows)]
     {
+        if user.is_some() {
+            return Err(ServiceError::UserOnLinuxOnly);
+        }
         windows::install(&exe, config, state_dir, stop_grace, dry_run)
     }
     #[cfg(not(any(target_os = "linux", windows)))]
     {
-        let _ = (exe, config, state_dir, stop_grace, dry_run);
+        let _ = (exe, config, state_dir, stop_grace, user, dry_run);
         Err(ServiceError::Unsupported)
     }
 }
