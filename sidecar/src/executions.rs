@@ -133,7 +133,7 @@ impl Entry {
                 .as_ref()
                 .map(|f| f.message.clone())
                 .unwrap_or_default(),
-            last_seq: p.last_seq,
+            last_seq: p.visible_last_seq(),
             accepted_at_ms: r.accepted_at_ms,
             finished_at_ms: p.finished.as_ref().map_or(0, |f| f.at_ms),
             run_id: r.run_id.clone(),

@@ -331,16 +331,20 @@ async fn a_full_disk_neither_blocks_stop_nor_hides_the_end() {
 
     // Space again: the sidecar writes the event watchers already got, with its seq.
     std::fs::remove_file(filler).unwrap();
-    tokio::time::timeout(PATIENCE, async {
-        // The registry's last_seq counts what is on disk.
-        while reg.get(&id("f1")).unwrap().last_seq < last.seq {
+    // ListExecutions already counts it (watchers got it); the file gets it once there is room.
+    assert_eq!(reg.get(&id("f1")).unwrap().last_seq, last.seq);
+    let path = state.join("executions").join(id("f1")).join("events.pb");
+    let on_disk = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let (events, _) =
+                agentfleet_sidecar::journal::reader::read_from(&path, 0, usize::MAX).unwrap();
+            if events.last().is_some_and(|e| e.seq >= last.seq) {
+                return events;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
     .expect("the Finished event reaches the disk");
-    let path = state.join("executions").join(id("f1")).join("events.pb");
-    let (on_disk, _) =
-        agentfleet_sidecar::journal::reader::read_from(&path, 0, usize::MAX).unwrap();
     assert_eq!(on_disk.last(), Some(&last));
 }
