@@ -75,7 +75,8 @@ async fn refused_and_nothing_ran(
         Some(pair) => grpc::client(sidecar, &ca, pair).await,
         None => grpc::anonymous_client(sidecar, &ca).await,
     };
-    let id = format!("refused-{}", caller_tag(client));
+    // A fresh canonical id (what the caller presented is in the status, not the id).
+    let id = agentfleet_common::ids::new_execution_id();
     let status = caller
         .start_job(start_request(&id))
         .await
@@ -96,16 +97,6 @@ async fn refused_and_nothing_ran(
     status
 }
 
-/// A distinct execution id per caller, from its certificate path.
-fn caller_tag(client: Option<&CertPair>) -> String {
-    client.map_or("anonymous".to_owned(), |c| {
-        c.cert
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    })
-}
-
 /// Asks `client`'s Describe (which starts nothing) until the sidecar refuses it with
 /// PERMISSION_DENIED: the revocation has been read. Bounded by [`TIMEOUT`].
 async fn until_refused(sidecar: &Sidecar, ca: &Path, client: &CertPair) -> tonic::Status {
@@ -124,7 +115,8 @@ async fn until_refused(sidecar: &Sidecar, ca: &Path, client: &CertPair) -> tonic
 }
 
 /// The allowed coordinator runs the job to the end: the marker mechanism works.
-async fn allowed_runs_the_job(env: &TestEnv, sidecar: &Sidecar, client: &CertPair, id: &str) {
+async fn allowed_runs_the_job(env: &TestEnv, sidecar: &Sidecar, client: &CertPair, label: &str) {
+    let id = &agentfleet_common::ids::execution_id_from_label(label);
     let before = runs(env);
     let mut allowed = grpc::client(sidecar, &env.pki().ca(), client).await;
     allowed
