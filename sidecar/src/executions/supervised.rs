@@ -2,9 +2,11 @@
 //! sidecar's side of the start, and the follower that turns the journal the supervisor
 //! writes into this execution's `Progress`.
 //!
-//! The follower polls the journal's length every `POLL` while the execution runs (one
-//! `stat` per tick; new whole records are read and folded in), which wakes Watch streams
-//! and frees the slot on Finished. It also notices a supervisor that died without a
+//! The follower reads the journal when the supervisor says it grew (a byte on the
+//! supervisor's stdout pipe, see `supervisor::run::notify_progress`), and polls its length
+//! as a fallback: every `POLL_NOTIFIED` while the pipe works, every `POLL` after a restart
+//! (a re-attached supervisor is not our child: no pipe). New whole records are read and
+//! folded in, which wakes Watch streams and frees the slot on Finished. It also notices a supervisor that died without a
 //! Finished event: while the supervisor is our own child its exit tells us; after a
 //! restart (re-attached, not our child) the execution lock is tried every
 //! `LIVENESS_EVERY`. Either way the journal is then closed under the lock (`closing.rs`;
@@ -34,8 +36,12 @@ mod tests;
 
 use closing::Gone;
 
-/// How often a running execution's journal is looked at.
+/// How often a running execution's journal is looked at without word from its supervisor.
 const POLL: Duration = Duration::from_millis(50);
+/// The same while the supervisor's pipe tells us of each append (a safety net only).
+const POLL_NOTIFIED: Duration = Duration::from_secs(1);
+/// Bytes read from the supervisor's pipe at once (each byte is one "the journal grew").
+const NOTIFY_BUF: usize = 256;
 /// How often a re-attached execution's lock is tried (is its supervisor alive?).
 const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 /// How long StartJob waits for the supervisor to journal Started before answering anyway
@@ -153,12 +159,24 @@ impl Follower {
     /// (`MAX_READ_ERRORS`), or the sidecar shuts down.
     async fn run(mut self, mut child: Option<Child>, stop: CancellationToken) {
         let id = self.entry.record.execution_id.clone();
+        let mut notify = child.as_mut().and_then(|c| c.stdout.take());
+        let mut notify_buf = [0u8; NOTIFY_BUF];
         let mut next_liveness = Instant::now();
         let mut gone: Option<Gone> = None;
         let mut read_errors = 0u32;
         loop {
+            let delay = match notify {
+                Some(_) if read_errors == 0 => POLL_NOTIFIED,
+                _ => poll_delay(read_errors),
+            };
             let exited = tokio::select! {
-                () = tokio::time::sleep(poll_delay(read_errors)) => None,
+                () = tokio::time::sleep(delay) => None,
+                read = notified(&mut notify, &mut notify_buf) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        notify = None; // the supervisor closed it: poll from now on
+                    }
+                    None
+                }
                 status = wait(&mut child) => Some(status),
                 () = stop.cancelled() => return,
             };
@@ -290,6 +308,18 @@ pub(super) mod recovery_message {
         "the sidecar restarted before the job started; it was not started";
     pub const SUPERVISOR_GONE: &str =
         "the supervisor of this execution is gone (machine restarted?); its result is unknown";
+}
+
+/// Reads what the supervisor's pipe holds (pending forever without a pipe).
+async fn notified(
+    pipe: &mut Option<tokio::process::ChildStdout>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    match pipe {
+        Some(p) => p.read(buf).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for the child, if any (pending forever otherwise).

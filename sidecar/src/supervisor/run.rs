@@ -85,6 +85,7 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
 
     let (sink, rx) = EventSink::channel(&id);
     let (progress_tx, _) = watch::channel(progress);
+    let notifier = tokio::spawn(notify_progress(progress_tx.subscribe()));
     let stop = CancellationToken::new();
     let policy = writer::RetryPolicy {
         finish_for: Some(FINISH_WAIT),
@@ -121,6 +122,8 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
     // after journaling LOST itself).
     let ended = writer.await;
     watcher.abort();
+    // The last change (Finished) is announced before the supervisor exits.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notifier).await;
     drop(lock);
     match ended {
         Ok(writer::Ended::FinishUnwritten) => Err(SuperviseError::JournalUnwritable),
@@ -128,6 +131,21 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
         Err(e) => {
             tracing::error!(execution_id = %id, error = %e, "the journal writer failed");
             Ok(Done::Ran)
+        }
+    }
+}
+
+/// Tells the sidecar that the journal grew: one byte on stdout (a pipe the sidecar reads)
+/// per published change, so it reads the journal at once instead of at its next poll. The
+/// journal stays the only record; this only wakes the reader. The watch coalesces changes,
+/// so a sidecar slow to read never slows the job; once the sidecar is gone (a broken pipe)
+/// this stops and a restarted sidecar polls.
+async fn notify_progress(mut changes: watch::Receiver<crate::journal::Progress>) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = tokio::io::stdout();
+    while changes.changed().await.is_ok() {
+        if out.write_all(b"\n").await.is_err() || out.flush().await.is_err() {
+            return;
         }
     }
 }

@@ -29,8 +29,9 @@ pub fn write_job(execution_dir: &Path, job: &SupervisedJob) -> Result<(), Journa
 }
 
 /// Starts `command --execution-dir DIR` detached from the sidecar: a process group of its
-/// own, stdin null, output appended to `DIR/supervisor.log`, not killed when the handle
-/// is dropped. The caller should wait on the child (to reap it) but never signal it.
+/// own, stdin null, stderr (its log) appended to `DIR/supervisor.log`, stdout a pipe on
+/// which it says "the journal grew" (see `run::notify_progress`), not killed when the
+/// handle is dropped. The caller should wait on the child (to reap it) but never signal it.
 pub fn spawn(command: &SupervisorCommand, execution_dir: &Path) -> io::Result<Child> {
     let log = OpenOptions::new()
         .create(true)
@@ -41,7 +42,7 @@ pub fn spawn(command: &SupervisorCommand, execution_dir: &Path) -> io::Result<Ch
         .arg("--execution-dir")
         .arg(execution_dir)
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
+        .stdout(Stdio::piped())
         .stderr(log)
         .kill_on_drop(false);
     spawn_detached(&mut cmd)
