@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
@@ -34,18 +34,36 @@ fn certificates(
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| error(what, path, e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(what, path, e))?;
+        .map_err(|e| error(what, path, pem_error_without_contents(e)))?;
     if certs.is_empty() {
         return Err(error(what, path, "holds no PEM certificate"));
     }
     Ok(certs)
 }
 
+/// Why a PEM file does not parse, without quoting it: the PEM parser's errors for a bad
+/// `-----BEGIN` line and a missing end quote text from the file, and in a key file whose
+/// line ends are damaged that text runs on into the base64 of the key itself. Applies to
+/// every file, not only `key`: a key may be given where a certificate belongs.
+fn pem_error_without_contents(e: pem::Error) -> String {
+    match e {
+        pem::Error::IllegalSectionStart { .. } => {
+            "a `-----BEGIN ...-----` line is malformed (not shown: it may hold key material)".into()
+        }
+        pem::Error::MissingSectionEnd { .. } => {
+            "a PEM block has no `-----END ...-----` line (not shown: it may hold key material)"
+                .into()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// The acceptor for `cert`/`key`, requiring client certificates issued by `client_ca`.
 pub fn acceptor(cert: &Path, key: &Path, client_ca: &Path) -> Result<TlsAcceptor, TlsSetupError> {
     let chain = certificates("certificate", cert)?;
     // The key's contents never appear in an error: only its path and the parser's reason.
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| error("key", key, e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| error("key", key, pem_error_without_contents(e)))?;
     let mut roots = RootCertStore::empty();
     for ca in certificates("client CA", client_ca)? {
         roots
@@ -58,7 +76,10 @@ pub fn acceptor(cert: &Path, key: &Path, client_ca: &Path) -> Result<TlsAcceptor
     let mut config = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key_der)
-        .map_err(|e| error("certificate and key", cert, e))?;
+        .map_err(|e| {
+            let why = format!("{e} (with the key `{}`)", key.display());
+            error("certificate and key", cert, why)
+        })?;
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
