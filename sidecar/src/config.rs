@@ -356,3 +356,6 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_tests;
