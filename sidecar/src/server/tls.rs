@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use agentfleet_common::tls::pem_error_without_contents;
 use rustls::RootCertStore;
-use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
@@ -39,23 +40,6 @@ fn certificates(
         return Err(error(what, path, "holds no PEM certificate"));
     }
     Ok(certs)
-}
-
-/// Why a PEM file does not parse, without quoting it: the PEM parser's errors for a bad
-/// `-----BEGIN` line and a missing end quote text from the file, and in a key file whose
-/// line ends are damaged that text runs on into the base64 of the key itself. Applies to
-/// every file, not only `key`: a key may be given where a certificate belongs.
-fn pem_error_without_contents(e: pem::Error) -> String {
-    match e {
-        pem::Error::IllegalSectionStart { .. } => {
-            "a `-----BEGIN ...-----` line is malformed (not shown: it may hold key material)".into()
-        }
-        pem::Error::MissingSectionEnd { .. } => {
-            "a PEM block has no `-----END ...-----` line (not shown: it may hold key material)"
-                .into()
-        }
-        other => other.to_string(),
-    }
 }
 
 /// The acceptor for `cert`/`key`, requiring client certificates issued by `client_ca`.
