@@ -74,7 +74,6 @@ fn arb_value() -> impl Strategy<Value = String> {
         Just("1979-05-27T07:32:00Z".to_owned()),
         Just("07:32:00".to_owned()),
         Just("'''multi\nline'''".to_owned()),
-        Just("\"unterminated".to_owned()),
         "[a-z]{1,8}(s|m|h)".prop_map(|s| quoted(&s)),
         Just("\"task-1\"".to_owned()),
         Just("\"task-2\"".to_owned()),
@@ -141,19 +140,98 @@ fn arb_header() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Plan-shaped text that is wrong in many ways: unknown keys, wrong types, duplicate
-/// tasks and keys, `after` cycles (names come from a tiny pool), repeated tables.
-fn arb_wrong_plan() -> impl Strategy<Value = String> {
-    let line = prop_oneof![
-        3 => (arb_key(), arb_value()).prop_map(|(k, v)| format!("{k} = {v}")),
-        1 => arb_header(),
-        1 => prop::sample::select(vec!["task-1", "task-2", "task-3"])
-            .prop_map(|n| format!("name = \"{n}\"")),
-        1 => prop::collection::vec(prop::sample::select(vec!["task-1", "task-2", "task-3"]), 0..3)
-            .prop_map(|names| format!("after = {names:?}")),
-        1 => Just("job = \"J\"".to_owned()),
+/// Keys of one table, each once (TOML refuses a key twice; that is covered by the text
+/// properties): the given known keys with wrong or right values, and unknown keys.
+fn arb_table(known: &'static [&'static str]) -> impl Strategy<Value = Vec<String>> {
+    let key = prop_oneof![
+        3 => prop::sample::select(known).prop_map(str::to_owned),
+        1 => arb_key(),
     ];
-    prop::collection::vec(line, 0..30).prop_map(|lines| lines.join("\n"))
+    prop::collection::btree_map(key, arb_value(), 0..6).prop_map(|table| {
+        table
+            .into_iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect()
+    })
+}
+
+/// A task table that often is right but for one thing: a name from a tiny pool (so
+/// duplicates are common), `after` naming tasks of that pool (so are cycles and
+/// self-dependencies), and random other keys.
+fn arb_task_table() -> impl Strategy<Value = String> {
+    const POOL: [&str; 3] = ["task-1", "task-2", "task-3"];
+    (
+        prop::option::of(prop::sample::select(POOL.to_vec())),
+        prop::option::of(prop::collection::vec(
+            prop::sample::select(POOL.to_vec()),
+            0..3,
+        )),
+        any::<bool>(),
+        arb_table(&[
+            "retries",
+            "timeout",
+            "priority",
+            "on",
+            "params",
+            "optional",
+            "rerun_if_lost",
+        ]),
+    )
+        .prop_map(|(name, after, has_job, rest)| {
+            let mut lines = vec!["[[task]]".to_owned()];
+            lines.extend(name.map(|n| format!("name = \"{n}\"")));
+            lines.extend(after.map(|a| format!("after = {a:?}")));
+            if has_job {
+                lines.push("job = \"J\"".into());
+            }
+            lines.extend(
+                rest.into_iter()
+                    .filter(|l| !["name ", "after ", "job "].iter().any(|k| l.starts_with(k))),
+            );
+            lines.join("\n")
+        })
+}
+
+/// Plan-shaped text that is valid TOML (mostly) but a wrong plan in many ways: unknown
+/// keys and sections, wrong types, huge numbers, odd strings, deep nesting, duplicate
+/// task names, `after` cycles.
+fn arb_wrong_plan() -> impl Strategy<Value = String> {
+    (
+        prop::collection::btree_map(arb_key(), arb_value(), 0..3),
+        prop::option::of(arb_table(&[
+            "name",
+            "max_parallel",
+            "timeout",
+            "fail_fast",
+            "params",
+        ])),
+        prop::option::of(arb_table(&["REGION", "BUSINESS_DATE"])),
+        prop::collection::vec(arb_task_table(), 0..6),
+        prop::option::of(arb_table(&["insecure", "sidecars", "tls"])),
+        prop::option::of((arb_header(), arb_table(&["name", "job"]))),
+    )
+        .prop_map(|(top, plan, params, tasks, fleet, extra)| {
+            let mut sections: Vec<String> =
+                top.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            let mut table = |header: &str, lines: Vec<String>| {
+                sections.push(header.to_owned());
+                sections.extend(lines);
+            };
+            if let Some(lines) = plan {
+                table("[plan]", lines);
+            }
+            if let Some(lines) = params {
+                table("[plan.params]", lines);
+            }
+            if let Some(lines) = fleet {
+                table("[fleet]", lines);
+            }
+            if let Some((header, lines)) = extra {
+                table(&header, lines);
+            }
+            sections.extend(tasks);
+            sections.join("\n")
+        })
 }
 
 /// One task of a generated valid plan.
