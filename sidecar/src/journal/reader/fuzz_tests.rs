@@ -248,6 +248,11 @@ proptest! {
             }
         }
     }
+}
+
+proptest! {
+    // Thirty distinct inputs: more cases would only repeat them.
+    #![proptest_config(config(30))]
 
     /// An overlong length prefix (more than ten varint bytes) is corruption, not a record.
     #[test]
