@@ -192,6 +192,47 @@ fn arb_task_table() -> impl Strategy<Value = String> {
         })
 }
 
+/// The body of a `[fleet]` that decodes, so the fleet's own checks run: sidecars with
+/// odd names and endpoints (relative sockets, no port, empty), TLS or not.
+fn arb_fleet_sidecars() -> impl Strategy<Value = Vec<String>> {
+    let endpoint = prop_oneof![
+        Just("unix:/run/s.sock".to_owned()),
+        Just("unix:relative.sock".to_owned()),
+        Just("https://sql1:7443".to_owned()),
+        Just("sql1".to_owned()),
+        Just(String::new()),
+        ".{0,20}",
+    ];
+    let name = prop_oneof![
+        prop::sample::select(vec!["s1", "s2", "task-1"]).prop_map(str::to_owned),
+        ".{1,8}",
+    ];
+    (
+        any::<bool>(),
+        prop::collection::btree_map(name, endpoint, 0..3),
+        prop::option::of(prop::collection::vec(".{0,12}", 3)),
+    )
+        .prop_map(|(insecure, sidecars, tls)| {
+            let mut lines = vec![format!("insecure = {insecure}")];
+            if let Some(files) = tls {
+                lines.push(format!(
+                    "tls = {{ ca = {}, cert = {}, key = {} }}",
+                    quoted(&files[0]),
+                    quoted(&files[1]),
+                    quoted(&files[2])
+                ));
+            }
+            let entries: Vec<String> = sidecars
+                .iter()
+                .map(|(name, endpoint)| {
+                    format!("{} = {{ endpoint = {} }}", quoted(name), quoted(endpoint))
+                })
+                .collect();
+            lines.push(format!("sidecars = {{ {} }}", entries.join(", ")));
+            lines
+        })
+}
+
 /// Plan-shaped text that is valid TOML (mostly) but a wrong plan in many ways: unknown
 /// keys and sections, wrong types, huge numbers, odd strings, deep nesting, duplicate
 /// task names, `after` cycles.
@@ -207,7 +248,10 @@ fn arb_wrong_plan() -> impl Strategy<Value = String> {
         ])),
         prop::option::of(arb_table(&["REGION", "BUSINESS_DATE"])),
         prop::collection::vec(arb_task_table(), 0..6),
-        prop::option::of(arb_table(&["insecure", "sidecars", "tls"])),
+        prop::option::of(prop_oneof![
+            arb_table(&["insecure", "sidecars", "tls"]),
+            arb_fleet_sidecars(),
+        ]),
         prop::option::of((arb_header(), arb_table(&["name", "job"]))),
     )
         .prop_map(|(top, plan, params, tasks, fleet, extra)| {
