@@ -115,6 +115,8 @@ fn arb_key() -> impl Strategy<Value = String> {
         "[a-zA-Z_][a-zA-Z0-9_-]{0,12}",
         ".{1,10}".prop_map(|s| quoted(&s)),
         Just("a.b.c.d.e.f".to_owned()),
+        // Past toml's limit of 80 parts, which it reports without a position.
+        (70usize..100).prop_map(|parts| vec!["k"; parts].join(".")),
     ]
 }
 
@@ -424,5 +426,51 @@ proptest! {
             text.push_str(&format!("[[task]]\nname = \"t{name}\"\njob = \"J\"\nafter = {after}\n"));
         }
         prop_assert!(check_parse(&text)?.is_none(), "accepted:\n{}", text);
+    }
+}
+
+/// Nesting far deeper than any generated case: the TOML parser's recursion limit must
+/// refuse it with a line, rather than the stack overflowing (an abort, not a panic).
+#[test]
+fn very_deep_nesting_is_refused_with_a_line() {
+    let depth = 100_000;
+    let deep = [
+        format!(
+            "[plan]\nname = {}{}\n",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        ),
+        format!(
+            "[plan]\nname = {}1{}\n",
+            "{ a = ".repeat(depth),
+            " }".repeat(depth)
+        ),
+        format!("[plan]\n{} = 1\n", vec!["a"; depth].join(".")),
+        format!("[{}]\n", vec!["a"; depth].join(".")),
+    ];
+    for text in deep {
+        let refused = check_parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(refused.is_none(), "accepted a nesting {depth} deep");
+    }
+}
+
+/// toml reports a dotted key of more than 80 parts without a position; found by
+/// `very_deep_nesting_is_refused_with_a_line`, which got `plan.toml: not valid TOML:
+/// recursion limit` without a line.
+#[test]
+fn a_too_deep_dotted_key_is_reported_at_its_line() {
+    let key = vec!["a"; 100].join(".");
+    for (text, line) in [
+        (format!("[plan]\nname = \"n\"\n{key} = 1\n"), 3),
+        (
+            format!("[[task]]\nname = \"t\"\njob = \"j\"\n\n[{key}]\n"),
+            5,
+        ),
+        // Alone, the line fails in a second way too (a string that goes on below).
+        (format!("[plan]\n{key} = {{ a = '''multi\nline''' }}\n"), 2),
+    ] {
+        let err = parse(&text, Path::new(PLAN_PATH)).unwrap_err();
+        let lines: Vec<Option<usize>> = err.diagnostics().iter().map(|d| d.line).collect();
+        assert_eq!(lines, [Some(line)], "{err}");
     }
 }

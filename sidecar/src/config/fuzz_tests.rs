@@ -170,6 +170,39 @@ fn the_config_mutated_here_is_valid() {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Nesting far deeper than any generated case: refused with a line by the TOML parser's
+/// recursion limit, rather than overflowing the stack (an abort, not a panic).
+#[test]
+fn very_deep_nesting_is_refused_with_a_line() {
+    let depth = 100_000;
+    let deep = [
+        format!("name = {}{}\n", "[".repeat(depth), "]".repeat(depth)),
+        format!("name = {}1{}\n", "{ a = ".repeat(depth), " }".repeat(depth)),
+        format!("{} = 1\n", vec!["a"; depth].join(".")),
+        format!("[{}]\n", vec!["job"; depth].join(".")),
+    ];
+    for text in deep {
+        check(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(from_text(&text, Path::new(CONFIG_PATH), &Flags::default(), &|_| None).is_err());
+    }
+}
+
+/// toml reports a dotted key of more than 80 parts without a position, which the
+/// loader showed as line 1 wherever the key was.
+#[test]
+fn a_too_deep_dotted_key_is_reported_at_its_line() {
+    let key = vec!["a"; 100].join(".");
+    for (text, line) in [
+        (format!("name = \"sql1\"\nslots = 2\n{key} = 1\n"), 3),
+        (format!("name = \"sql1\"\n\n[{key}]\n"), 3),
+    ] {
+        match from_text(&text, Path::new(CONFIG_PATH), &Flags::default(), &|_| None) {
+            Err(ConfigError::Parse { line: got, .. }) => assert_eq!(got, line, "{text}"),
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(config(256))]
 
