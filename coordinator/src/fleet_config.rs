@@ -253,7 +253,10 @@ pub fn load_fleet(path: &Path) -> Result<FleetConfig, PlanError> {
 pub fn parse_fleet(text: &str, path: &Path) -> Result<FleetConfig, PlanError> {
     let src = Source { path, text };
     let root = DeTable::parse(text).map_err(|e| {
-        let line = e.span().map(|s| src.span_line(&s));
+        let line = match e.span() {
+            Some(span) => Some(src.span_line(&span)),
+            None => src.line_of_unplaced(&e),
+        };
         let message = format!("not valid TOML: {}", e.message().trim_end());
         PlanError::invalid(vec![Diagnostic {
             path: Some(path.to_owned()),

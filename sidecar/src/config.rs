@@ -339,8 +339,20 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 }
 
 fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let offset = e.span().map(|s| s.start).unwrap_or(0);
-    let (line, column) = validate::line_col(text, offset);
+    let (line, column) = match e.span() {
+        Some(span) => validate::line_col(text, span.start),
+        // toml gives no position for some errors (a dotted key of more than 80 parts):
+        // they come from one line alone, the first that fails the same way on its own.
+        None => text
+            .lines()
+            .position(|line| {
+                toml::de::DeTable::parse_recoverable(line)
+                    .1
+                    .iter()
+                    .any(|alone| alone.span().is_none() && alone.message() == e.message())
+            })
+            .map_or((1, 1), |i| (i + 1, 1)),
+    };
     let content = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
     ConfigError::Parse {
         path: path.to_owned(),
@@ -356,3 +368,6 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -298,3 +298,6 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tls_fuzz_tests;

@@ -186,7 +186,7 @@ fn syntax_error(src: Source<'_>, e: &toml::de::Error) -> Diagnostic {
         Some(span) => src.diag(&span, None, message),
         None => Diagnostic {
             path: Some(src.path.to_owned()),
-            line: None,
+            line: src.line_of_unplaced(e),
             subject: None,
             message,
         },

@@ -104,6 +104,22 @@ impl Source<'_> {
         self.line(span.start + skip)
     }
 
+    /// The line of a TOML error that came without a position (toml reports a dotted key
+    /// of more than 80 parts so): the first line that, parsed on its own, fails the same
+    /// way (among all its errors). Such errors come from one line alone; `None` when no
+    /// line does.
+    pub fn line_of_unplaced(&self, e: &toml::de::Error) -> Option<usize> {
+        self.text
+            .lines()
+            .position(|line| {
+                toml::de::DeTable::parse_recoverable(line)
+                    .1
+                    .iter()
+                    .any(|alone| alone.span().is_none() && alone.message() == e.message())
+            })
+            .map(|i| i + 1)
+    }
+
     pub fn diag(
         &self,
         span: &Range<usize>,

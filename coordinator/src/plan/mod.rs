@@ -167,3 +167,6 @@ pub(crate) fn read_text(path: &Path, what: &'static str) -> Result<String, PlanE
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -81,3 +81,6 @@ impl Journal {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;

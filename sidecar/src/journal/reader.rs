@@ -19,6 +19,9 @@ use super::{JournalError, Progress};
 
 /// Records bigger than this are corruption, not events.
 const MAX_RECORD: u64 = 64 * 1024 * 1024;
+/// The most a record's buffer reserves before its bytes are read (it grows beyond as they
+/// arrive); most events are far smaller.
+const BODY_RESERVE: u64 = 64 * 1024;
 /// Bytes a watcher reads per step (events are yielded before reading further).
 const READ_BUDGET: usize = 512 * 1024;
 
@@ -51,8 +54,7 @@ fn next_record(r: &mut impl Read) -> std::io::Result<Next> {
     if len > MAX_RECORD {
         return Ok(Next::Corrupt(format!("record length {len} is implausible")));
     }
-    let mut buf = Vec::with_capacity(len as usize);
-    r.take(len).read_to_end(&mut buf)?;
+    let buf = read_body(r, len)?;
     if (buf.len() as u64) < len {
         return Ok(Next::End);
     }
@@ -60,6 +62,16 @@ fn next_record(r: &mut impl Read) -> std::io::Result<Next> {
         Ok(e) => Ok(Next::Record(e, header + len)),
         Err(e) => Ok(Next::Corrupt(e.to_string())),
     }
+}
+
+/// Up to `len` bytes of a record's body, in a buffer that grows with what is actually
+/// read: a torn or corrupt length prefix may claim up to `MAX_RECORD` bytes the file does
+/// not have, and a watcher re-reads such a tail on every poll, so reserving the claimed
+/// length up front would cost that much memory (committed on Windows) each time.
+fn read_body(r: &mut impl Read, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len.min(BODY_RESERVE) as usize);
+    r.take(len).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// What the start-up scan found.
@@ -242,3 +254,6 @@ pub fn watch(
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;

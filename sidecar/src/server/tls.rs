@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use agentfleet_common::tls::pem_error_without_contents;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -34,7 +35,7 @@ fn certificates(
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| error(what, path, e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(what, path, e))?;
+        .map_err(|e| error(what, path, pem_error_without_contents(e)))?;
     if certs.is_empty() {
         return Err(error(what, path, "holds no PEM certificate"));
     }
@@ -45,7 +46,8 @@ fn certificates(
 pub fn acceptor(cert: &Path, key: &Path, client_ca: &Path) -> Result<TlsAcceptor, TlsSetupError> {
     let chain = certificates("certificate", cert)?;
     // The key's contents never appear in an error: only its path and the parser's reason.
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| error("key", key, e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| error("key", key, pem_error_without_contents(e)))?;
     let mut roots = RootCertStore::empty();
     for ca in certificates("client CA", client_ca)? {
         roots
@@ -58,7 +60,10 @@ pub fn acceptor(cert: &Path, key: &Path, client_ca: &Path) -> Result<TlsAcceptor
     let mut config = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key_der)
-        .map_err(|e| error("certificate and key", cert, e))?;
+        .map_err(|e| {
+            let why = format!("{e} (with the key `{}`)", key.display());
+            error("certificate and key", cert, why)
+        })?;
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
