@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::lock::ExecutionLock;
 use super::spawn::{JOB_FILE, STOP_FILE};
+use super::stop_note::{self, StopNote};
 use crate::backend::command::CommandBackend;
 use crate::backend::{Backend, ExecutionContext, SupervisedJob};
-use crate::events::EventSink;
+use crate::events::{EventSink, SINK_CAPACITY};
 use crate::journal::{Journal, JournalError, writer};
 
 /// How often the supervisor looks for `DIR/stop`.
@@ -83,7 +84,12 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
     }
     let job = read_job(&dir.join(JOB_FILE))?;
 
-    let (sink, rx) = EventSink::channel(&id);
+    // The backend's events reach the writer through `stop_note::forward`, which adds who
+    // asked to stop to the Finished message.
+    let (sink, from_backend) = EventSink::channel(&id);
+    let (to_writer, rx) = tokio::sync::mpsc::channel(SINK_CAPACITY);
+    let note = StopNote::default();
+    tokio::spawn(stop_note::forward(from_backend, to_writer, note.clone()));
     let (progress_tx, _) = watch::channel(progress);
     let stop = CancellationToken::new();
     let policy = writer::RetryPolicy {
@@ -96,7 +102,7 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
             .with_policy(policy)
             .run(),
     );
-    let watcher = tokio::spawn(watch_for_stop(dir.to_owned(), stop.clone()));
+    let watcher = tokio::spawn(watch_for_stop(dir.to_owned(), stop.clone(), note));
 
     tracing::info!(execution_id = %id, job = %record.job, "supervisor starting job");
     let backend = Arc::new(CommandBackend::new(vec![job.job], job.stop_grace));
@@ -141,8 +147,9 @@ fn read_job(path: &Path) -> Result<SupervisedJob, SuperviseError> {
     serde_json::from_slice(&bytes).map_err(|e| detail(&e))
 }
 
-/// Cancels `stop` when `DIR/stop` appears or the supervisor is asked to terminate.
-async fn watch_for_stop(dir: PathBuf, stop: CancellationToken) {
+/// Cancels `stop` when `DIR/stop` appears (its content, the reason and who asked, goes
+/// into `note`) or the supervisor is asked to terminate.
+async fn watch_for_stop(dir: PathBuf, stop: CancellationToken, note: StopNote) {
     let path = dir.join(STOP_FILE);
     let mut signals = Signals::install();
     let mut tick = tokio::time::interval(STOP_POLL);
@@ -153,6 +160,7 @@ async fn watch_for_stop(dir: PathBuf, stop: CancellationToken) {
                 // create it but not write the reason into it.
                 if let Ok(reason) = tokio::fs::read_to_string(&path).await {
                     tracing::info!(reason = %reason.trim(), "stop requested");
+                    let _ = note.set(reason.trim().to_owned());
                     break;
                 }
             }

@@ -142,8 +142,8 @@ fn start_and_stop_are_audited_with_the_caller_and_no_secret() {
 }
 
 /// Outside a plan (whose acknowledgement lets the sidecar prune the journal): the
-/// execution's record and its StartJob answer say who started it, its stop file who
-/// asked it to stop.
+/// execution's record and its StartJob answer say who started it, its stop file and its
+/// Finished message who asked it to stop.
 #[test]
 fn the_journal_keeps_who_started_and_who_stopped() {
     let env = TestEnv::new("audit-journal");
@@ -175,7 +175,13 @@ fn the_journal_keeps_who_started_and_who_stopped() {
             .await
             .expect("the coordinator stops the job");
         let events = grpc::watch_to_end(&mut client, id, Duration::from_secs(30)).await;
-        assert!(grpc::finished(&events).is_some(), "{events:?}");
+        let finished = grpc::finished(&events).expect("a Finished event");
+        assert!(
+            finished
+                .message
+                .ends_with("(stop: audit test (asked by coordinator))"),
+            "{finished:?}"
+        );
     });
     let dir = sidecar.state_dir().join("executions").join(id);
     let record: Value =

@@ -233,6 +233,16 @@ mod tests {
                 .unwrap_err()
                 .contains("there is no step `z`")
         );
+        let mut secret = job(&[("a", None)]);
+        secret.params = crate::backend::command::params::Params::List(vec!["USER".into()]);
+        secret.secret_params = vec!["PASSWORD".into()];
+        assert_eq!(
+            secret.validate().unwrap_err(),
+            "job `j`: secret_params names `PASSWORD`, which params does not declare"
+        );
+        secret.params =
+            crate::backend::command::params::Params::List(vec!["USER".into(), "PASSWORD".into()]);
+        assert_eq!(secret.validate(), Ok(()));
         let mut no_program = job(&[("a", None)]);
         no_program.steps[0].run.clear();
         assert!(
