@@ -64,6 +64,18 @@ async fn concurrent_starts_with_one_id_start_once() {
 }
 
 #[tokio::test]
+async fn who_started_an_execution_is_kept_and_a_repeat_does_not_change_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, _) = registry(dir.path(), 4).await;
+    let (first, _) = reg.start(req(id("b1"), "a"), "coordinator").await.unwrap();
+    assert_eq!(first.started_by, "coordinator");
+    let (again, created) = reg.start(req(id("b1"), "a"), "other").await.unwrap();
+    assert!(!created);
+    assert_eq!(again.started_by, "coordinator");
+    assert_eq!(reg.list(false)[0].started_by, "coordinator");
+}
+
+#[tokio::test]
 async fn repeated_id_for_other_job_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (reg, _) = registry(dir.path(), 4).await;
