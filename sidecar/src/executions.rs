@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, BackendError, ExecutionContext};
-use crate::events::EventSink;
 use crate::journal::{ExecutionRecord, Journal, JournalError, Progress, reader, writer};
 use crate::supervisor::SupervisorCommand;
 
@@ -98,6 +97,9 @@ struct Entry {
     /// For in-process executions that a restart resumes: cancelling it makes the journal
     /// writer end without a Finished event (hand-over at shutdown).
     detach: Option<CancellationToken>,
+    /// In-process executions: the stop request, set before `stop` fires, for the Finished
+    /// message (supervised ones note it in their `stop` file).
+    stop_note: crate::stop_note::StopNote,
 }
 
 impl Entry {
@@ -107,6 +109,7 @@ impl Entry {
             progress: watch::channel(progress).0,
             stop: CancellationToken::new(),
             detach: None,
+            stop_note: Default::default(),
         }
     }
 
@@ -329,7 +332,7 @@ impl Registry {
         backend: &Arc<dyn Backend>,
     ) -> Result<(proto::Execution, bool), RegistryError> {
         let id = entry.record.execution_id.clone();
-        let (sink, rx) = EventSink::channel(&id);
+        let (sink, rx) = crate::stop_note::sink(&id, &entry.stop_note, &self.inner.writers);
         self.inner.writers.spawn(writer::run_detachable(
             file,
             rx,
@@ -408,10 +411,11 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         if entry.running() && !entry.stop.is_cancelled() {
             tracing::info!(execution_id = %id, job = %entry.record.job, %reason, %by, "stop requested");
+            let reason = if reason.is_empty() { "StopJob" } else { reason };
+            let reason = format!("{reason} (asked by {by})");
+            let _ = entry.stop_note.set(reason.clone());
             if entry.record.supervised {
                 let dir = self.inner.journal.dir(id);
-                let reason = if reason.is_empty() { "StopJob" } else { reason };
-                let reason = format!("{reason} (asked by {by})");
                 tokio::task::spawn_blocking(move || crate::supervisor::request_stop(&dir, &reason))
                     .await
                     .map_err(|e| BackendError::Internal(format!("stop task failed: {e}")))??;

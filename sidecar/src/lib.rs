@@ -14,5 +14,6 @@ pub mod process;
 pub mod server;
 pub mod service;
 pub mod state_lock;
+pub mod stop_note;
 pub mod supervisor;
 pub mod telemetry;

@@ -66,7 +66,6 @@ use std::path::PathBuf;
 mod lock;
 mod run;
 mod spawn;
-mod stop_note;
 
 pub use lock::ExecutionLock;
 pub use spawn::{JOB_FILE, LOG_FILE, STOP_FILE, request_stop, spawn, write_job};

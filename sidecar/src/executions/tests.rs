@@ -243,6 +243,11 @@ async fn stop_is_idempotent_and_watch_sees_everything() {
         .await
         .unwrap();
     assert_eq!(finished.outcome, Outcome::Canceled as i32);
+    // Who asked first, and why, is in the Finished message (the repeat changes nothing).
+    assert!(
+        finished.message.ends_with("(stop: test (asked by tester))"),
+        "{finished:?}"
+    );
     assert_eq!(finished.last_seq, 4);
     let missing = tonic::Status::from(reg.stop(&id("nope"), "", "tester").await.unwrap_err());
     assert_eq!(missing.code(), tonic::Code::NotFound);

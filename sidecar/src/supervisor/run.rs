@@ -13,11 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::lock::ExecutionLock;
 use super::spawn::{JOB_FILE, STOP_FILE};
-use super::stop_note::{self, StopNote};
 use crate::backend::command::CommandBackend;
 use crate::backend::{Backend, ExecutionContext, SupervisedJob};
-use crate::events::{EventSink, SINK_CAPACITY};
 use crate::journal::{Journal, JournalError, writer};
+use crate::stop_note::{self, StopNote};
 
 /// How often the supervisor looks for `DIR/stop`.
 const STOP_POLL: Duration = Duration::from_millis(100);
@@ -86,10 +85,9 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
 
     // The backend's events reach the writer through `stop_note::forward`, which adds who
     // asked to stop to the Finished message.
-    let (sink, from_backend) = EventSink::channel(&id);
-    let (to_writer, rx) = tokio::sync::mpsc::channel(SINK_CAPACITY);
     let note = StopNote::default();
-    tokio::spawn(stop_note::forward(from_backend, to_writer, note.clone()));
+    // (Not tracked: it ends with the writer or the backend, and the process with both.)
+    let (sink, rx) = stop_note::sink(&id, &note, &tokio_util::task::TaskTracker::new());
     let (progress_tx, _) = watch::channel(progress);
     let stop = CancellationToken::new();
     let policy = writer::RetryPolicy {

@@ -1,24 +1,48 @@
-//! Who asked a supervised execution to stop, in its Finished message.
+//! Who asked an execution to stop, in its Finished message.
 //!
-//! The sidecar cannot journal a StopJob itself: the supervisor is the execution's one
-//! writer. It writes the request into the `stop` file instead ("REASON (asked by
-//! CALLER)"), and the supervisor, which reads that file, passes the backend's events on
-//! to its journal writer through `forward`, adding the request to the Finished message of
-//! a canceled execution: "stopped: … (stop: task timeout (asked by coordinator))".
+//! StopJob cannot append to the journal itself: each execution has one writer (its
+//! supervisor's for command jobs, a task of the sidecar's for in-process backends), and
+//! the Finished event is the backend's. So the request ("REASON (asked by CALLER)") is
+//! noted where the writer's side can see it (the `stop` file, which the supervisor reads,
+//! or the execution's entry in the registry), and the backend's events reach the writer
+//! through `forward`, which adds the note to the Finished message of a canceled
+//! execution: "stopped: … (stop: task timeout (asked by coordinator))".
 use std::sync::{Arc, OnceLock};
 
 use agentfleet_common::proto::{self, event::Kind};
 use tokio::sync::mpsc;
 
-use crate::events::SinkMsg;
+use crate::events::{EventSink, SINK_CAPACITY, SinkMsg};
 
 /// The stop request as read from the `stop` file, set once.
 pub type StopNote = Arc<OnceLock<String>>;
 
+/// A sink for the backend, and the receiver its journal writer consumes: the two ends of
+/// a `forward` (spawned on `tasks`) that notes the stop request.
+pub fn sink(
+    execution_id: &str,
+    note: &StopNote,
+    tasks: &tokio_util::task::TaskTracker,
+) -> (EventSink, mpsc::Receiver<SinkMsg>) {
+    let (sink, from_backend) = EventSink::channel(execution_id);
+    let (to_writer, rx) = mpsc::channel(SINK_CAPACITY);
+    tasks.spawn(forward(from_backend, to_writer, note.clone()));
+    (sink, rx)
+}
+
 /// Passes `from` on to `to` in order until `from` closes (then `to` closes too, as if
 /// the backend had dropped its sink), noting the stop request in a canceled Finished.
+/// Ends as soon as the writer is gone, so that the backend's sink shows it closed
+/// (`EventSink::is_closed`) just as without this hop.
 pub async fn forward(mut from: mpsc::Receiver<SinkMsg>, to: mpsc::Sender<SinkMsg>, note: StopNote) {
-    while let Some(mut msg) = from.recv().await {
+    loop {
+        let mut msg = tokio::select! {
+            msg = from.recv() => match msg {
+                Some(msg) => msg,
+                None => return,
+            },
+            () = to.closed() => return,
+        };
         if let Some(note) = note.get() {
             add_note(&mut msg, note);
         }
@@ -91,5 +115,23 @@ mod tests {
         );
         // `from` closed: so is `to`, as when a backend drops its sink.
         assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_backend_sees_the_writer_gone() {
+        let (sink, rx) = sink(
+            "e1",
+            &StopNote::default(),
+            &tokio_util::task::TaskTracker::new(),
+        );
+        assert!(!sink.is_closed());
+        drop(rx);
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !sink.is_closed() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the sink closes once the writer is gone");
     }
 }
