@@ -90,6 +90,10 @@ pub enum RunEventKind {
         #[serde(flatten)]
         at: At,
         step_count: u32,
+        /// Who the sidecar recorded as starting the execution (the name in this
+        /// coordinator's certificate, or `local uid N`); empty from older sidecars.
+        #[serde(skip_serializing_if = "String::is_empty")]
+        started_by: String,
     },
     StepStarted {
         #[serde(flatten)]

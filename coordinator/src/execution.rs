@@ -132,18 +132,22 @@ async fn follow(
         message,
         duration: began.elapsed(),
     };
-    if let Err(result) = start::start(sidecar, spec, stop).await {
-        return result.unwrap_or_else(|| match stop.why() {
-            Some((outcome @ TaskOutcome::TimedOut, why)) => {
-                finished(*outcome, format!("{why}; stopped before it started"))
-            }
-            _ => finished(TaskOutcome::Canceled, "stopped before it started".into()),
-        });
-    }
+    let started_by = match start::start(sidecar, spec, stop).await {
+        Ok(started_by) => started_by,
+        Err(result) => {
+            return result.unwrap_or_else(|| match stop.why() {
+                Some((outcome @ TaskOutcome::TimedOut, why)) => {
+                    finished(*outcome, format!("{why}; stopped before it started"))
+                }
+                _ => finished(TaskOutcome::Canceled, "stopped before it started".into()),
+            });
+        }
+    };
     let mut watcher = Watcher {
         spec,
         tx,
         last_seq: spec.resume_after_seq,
+        started_by,
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut unreachable_since: Option<Instant> = None;

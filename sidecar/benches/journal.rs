@@ -39,6 +39,7 @@ async fn bench(lines: usize) {
         params: Default::default(),
         accepted_at_ms: agentfleet_common::now_ms(),
         supervised: false,
+        started_by: String::new(),
     };
     let (file, progress) = journal.create(&record).expect("create");
     let (progress, _) = watch::channel(progress);

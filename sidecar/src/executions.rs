@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, BackendError, ExecutionContext};
-use crate::events::EventSink;
 use crate::journal::{ExecutionRecord, Journal, JournalError, Progress, reader, writer};
 use crate::supervisor::SupervisorCommand;
 
@@ -98,6 +97,9 @@ struct Entry {
     /// For in-process executions that a restart resumes: cancelling it makes the journal
     /// writer end without a Finished event (hand-over at shutdown).
     detach: Option<CancellationToken>,
+    /// In-process executions: the stop request, set before `stop` fires, for the Finished
+    /// message (supervised ones note it in their `stop` file).
+    stop_note: crate::stop_note::StopNote,
 }
 
 impl Entry {
@@ -107,6 +109,7 @@ impl Entry {
             progress: watch::channel(progress).0,
             stop: CancellationToken::new(),
             detach: None,
+            stop_note: Default::default(),
         }
     }
 
@@ -139,6 +142,7 @@ impl Entry {
             run_id: r.run_id.clone(),
             task: r.task.clone(),
             attempt: r.attempt,
+            started_by: r.started_by.clone(),
         }
     }
 }
@@ -235,12 +239,15 @@ impl Registry {
     /// With `resume_only` it only returns an execution this sidecar already holds: an
     /// unknown id is `NotResumable` and nothing is created (a coordinator re-attaching to
     /// a run must never start a job whose original StartJob may never have arrived).
+    /// `started_by` (the caller) is kept in the execution's record.
     pub async fn start(
         &self,
         req: proto::StartJobRequest,
+        started_by: &str,
     ) -> Result<(proto::Execution, bool), RegistryError> {
         let this = self.clone();
-        tokio::spawn(async move { this.start_inner(req).await })
+        let started_by = started_by.to_owned();
+        tokio::spawn(async move { this.start_inner(req, started_by).await })
             .await
             .map_err(|e| BackendError::Internal(format!("start task failed: {e}")))?
     }
@@ -248,6 +255,7 @@ impl Registry {
     async fn start_inner(
         &self,
         req: proto::StartJobRequest,
+        started_by: String,
     ) -> Result<(proto::Execution, bool), RegistryError> {
         let id = req.execution_id.clone();
         if !agentfleet_common::ids::is_canonical_execution_id(&id) {
@@ -298,6 +306,7 @@ impl Registry {
             params,
             accepted_at_ms: agentfleet_common::now_ms(),
             supervised: supervised.is_some(),
+            started_by,
         };
         let journal = self.inner.journal.clone();
         let rec = record.clone();
@@ -312,7 +321,7 @@ impl Registry {
         self.map().insert(id.clone(), entry.clone());
         // The slot is taken: later starts see this execution as running.
         drop(guard);
-        tracing::info!(execution_id = %id, job = %req.job, backend = backend.kind(), run_id = %entry.record.run_id, task = %entry.record.task, supervised = entry.record.supervised, "starting job");
+        tracing::info!(execution_id = %id, job = %req.job, backend = backend.kind(), run_id = %entry.record.run_id, task = %entry.record.task, supervised = entry.record.supervised, started_by = %entry.record.started_by, "starting job");
         match supervised {
             Some(job) => self.start_supervised(&entry, file, job).await,
             None => self.start_in_process(&entry, file, &backend).await,
@@ -327,7 +336,7 @@ impl Registry {
         backend: &Arc<dyn Backend>,
     ) -> Result<(proto::Execution, bool), RegistryError> {
         let id = entry.record.execution_id.clone();
-        let (sink, rx) = EventSink::channel(&id);
+        let (sink, rx) = crate::stop_note::sink(&id, &entry.stop_note, &self.inner.writers);
         self.inner.writers.spawn(writer::run_detachable(
             file,
             rx,
@@ -413,16 +422,24 @@ impl Registry {
     }
 
     /// StopJob: asks a running execution to stop; idempotent, and a finished execution is
-    /// returned unchanged.
-    pub async fn stop(&self, id: &str, reason: &str) -> Result<proto::Execution, RegistryError> {
+    /// returned unchanged. Who asked (`by`) is written into the stop file with the reason
+    /// (the journal itself has one writer, the execution's, so it is not appended here).
+    pub async fn stop(
+        &self,
+        id: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<proto::Execution, RegistryError> {
         let entry = self
             .entry(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         if entry.running() && !entry.stop.is_cancelled() {
-            tracing::info!(execution_id = %id, job = %entry.record.job, %reason, "stop requested");
+            tracing::info!(execution_id = %id, job = %entry.record.job, %reason, %by, "stop requested");
+            let reason = if reason.is_empty() { "StopJob" } else { reason };
+            let reason = format!("{reason} (asked by {by})");
+            let _ = entry.stop_note.set(reason.clone());
             if entry.record.supervised {
                 let dir = self.inner.journal.dir(id);
-                let reason = if reason.is_empty() { "StopJob" } else { reason }.to_owned();
                 tokio::task::spawn_blocking(move || crate::supervisor::request_stop(&dir, &reason))
                     .await
                     .map_err(|e| BackendError::Internal(format!("stop task failed: {e}")))??;
@@ -430,6 +447,16 @@ impl Registry {
             entry.stop.cancel();
         }
         Ok(entry.to_proto())
+    }
+
+    /// The parameters of `job` whose values may be shown (in the audit log): those it
+    /// declares and does not mark secret. Empty for a job no backend offers.
+    pub fn loggable_params(&self, job: &str) -> std::collections::BTreeSet<String> {
+        self.inner
+            .backends
+            .iter()
+            .flat_map(|b| b.loggable_params(job))
+            .collect()
     }
 
     pub fn get(&self, id: &str) -> Option<proto::Execution> {

@@ -52,6 +52,10 @@ pub struct ExecutionRecord {
     /// false for in-process backends and for records written before supervisors existed.
     #[serde(default)]
     pub supervised: bool,
+    /// Who asked for it (the caller StartJob was authorized as: a coordinator's name, or
+    /// `local uid N`); empty in records written before it was kept.
+    #[serde(default)]
+    pub started_by: String,
 }
 
 /// How far an execution's journal has got; published on a `watch` after each append.

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod backend;
 pub mod check;
 pub mod config;
@@ -13,5 +14,6 @@ pub mod process;
 pub mod server;
 pub mod service;
 pub mod state_lock;
+pub mod stop_note;
 pub mod supervisor;
 pub mod telemetry;

@@ -201,6 +201,8 @@ pub async fn serve(
         supervisor: config.supervisor.clone(),
     };
     let registry = Registry::open_with(settings, backends).await?;
+    let audit = crate::audit::AuditLog::open(&config.state_dir);
+    let authorize = authorize.with_audit(audit.clone());
     let telemetry = crate::telemetry::start(config, &registry, &shutdown).await?;
     let pruner_stop = CancellationToken::new();
     let pruner = registry.spawn_pruner(pruner_stop.clone());
@@ -215,7 +217,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let sidecar = SidecarServer::with_interceptor(SidecarService::new(registry.clone()), authorize);
+    let sidecar =
+        SidecarServer::with_interceptor(SidecarService::new(registry.clone(), audit), authorize);
     let addr = listener.describe().map_err(|source| ServeError::Bind {
         addr: config.listen.clone(),
         source,
@@ -223,7 +226,9 @@ pub async fn serve(
 
     // A peer that vanished without closing is noticed by HTTP/2 pings (and TCP keepalive,
     // see `listener`); streams per connection are capped.
+    // Every call is tagged with its method first, so that a refused one is audited by name.
     let router = Server::builder()
+        .layer(tower::util::MapRequestLayer::new(auth::tag_method))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)

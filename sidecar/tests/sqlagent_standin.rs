@@ -264,6 +264,7 @@ async fn journaled_run(
             params: Default::default(),
             accepted_at_ms: 1,
             supervised: false,
+            started_by: String::new(),
         };
         let (file, progress) = journal.create(&record).unwrap();
         (file, progress, None)

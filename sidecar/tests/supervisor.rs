@@ -115,7 +115,7 @@ async fn a_command_job_runs_in_its_supervisor() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let reg = open(&state, 2).await;
-    let (execution, created) = reg.start(req(&id("q1"), "quick")).await.unwrap();
+    let (execution, created) = reg.start(req(&id("q1"), "quick"), "tester").await.unwrap();
     assert!(created);
     assert!(execution.state >= proto::ExecutionState::Running as i32);
     let events = watch_all(&reg, &id("q1")).await;
@@ -145,7 +145,7 @@ fn the_job_survives_a_crash_of_the_sidecar() {
     let first = runtime();
     first.block_on(async {
         let reg = open(&state, 1).await;
-        reg.start(req(&id("c1"), "count")).await.unwrap();
+        reg.start(req(&id("c1"), "count"), "tester").await.unwrap();
         let mut progress = Box::pin(reg.watch(&id("c1"), 0).unwrap());
         // Wait for a few lines, so the crash happens mid-job.
         let mut seen = 0;
@@ -183,16 +183,24 @@ fn a_reattached_execution_holds_its_slot_and_stops_through_the_stop_file() {
     let first = runtime();
     first.block_on(async {
         let reg = open(&state, 1).await;
-        reg.start(req(&id("s1"), "sleepy")).await.unwrap();
+        reg.start(req(&id("s1"), "sleepy"), "tester").await.unwrap();
     });
     first.shutdown_background();
 
     runtime().block_on(async {
         let reg = open(&state, 1).await;
         assert_eq!(reg.describe().running_jobs, vec!["sleepy"]);
-        let busy = tonic::Status::from(reg.start(req(&id("s2"), "quick")).await.unwrap_err());
+        let busy = tonic::Status::from(
+            reg.start(req(&id("s2"), "quick"), "tester")
+                .await
+                .unwrap_err(),
+        );
         assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
-        let same = tonic::Status::from(reg.start(req(&id("s3"), "sleepy")).await.unwrap_err());
+        let same = tonic::Status::from(
+            reg.start(req(&id("s3"), "sleepy"), "tester")
+                .await
+                .unwrap_err(),
+        );
         assert!(
             matches!(
                 same.code(),
@@ -201,11 +209,11 @@ fn a_reattached_execution_holds_its_slot_and_stops_through_the_stop_file() {
             "{same:?}"
         );
         // A repeated StartJob with the same id returns the running execution.
-        let (again, created) = reg.start(req(&id("s1"), "sleepy")).await.unwrap();
+        let (again, created) = reg.start(req(&id("s1"), "sleepy"), "tester").await.unwrap();
         assert!(!created);
         assert_eq!(again.state, proto::ExecutionState::Running as i32);
 
-        reg.stop(&id("s1"), "test").await.unwrap();
+        reg.stop(&id("s1"), "test", "tester").await.unwrap();
         assert!(
             state
                 .join("executions")
@@ -238,6 +246,7 @@ async fn no_supervisor_and_no_started_is_lost_and_never_started_late() {
         params: Default::default(),
         accepted_at_ms: 1,
         supervised: true,
+        started_by: String::new(),
     };
     journal.create(&record).unwrap();
 
@@ -254,7 +263,7 @@ async fn no_supervisor_and_no_started_is_lost_and_never_started_late() {
         .unwrap();
     assert!(status.success());
     assert!(!dir.path().join("runs").exists(), "the job never ran");
-    let (again, created) = reg.start(req(&id("l1"), "count")).await.unwrap();
+    let (again, created) = reg.start(req(&id("l1"), "count"), "tester").await.unwrap();
     assert!(!created);
     assert_eq!(again.outcome, Outcome::Lost as i32);
 }
@@ -313,11 +322,11 @@ async fn a_full_disk_neither_blocks_stop_nor_hides_the_end() {
         }
     };
     let reg = open(&state, 1).await;
-    reg.start(req(&id("f1"), "chatty")).await.unwrap();
+    reg.start(req(&id("f1"), "chatty"), "tester").await.unwrap();
     // Full, but for the slack in pages already allocated, which no 8000-byte line fits.
     let filler = fill(&state);
 
-    reg.stop(&id("f1"), "test")
+    reg.stop(&id("f1"), "test", "tester")
         .await
         .expect("StopJob works on a full disk");
     let events = watch_all(&reg, &id("f1")).await;

@@ -15,12 +15,13 @@ use super::{ExecResult, ExecutionSpec, Refusal};
 use crate::events::TaskOutcome;
 use crate::fleet::{Sidecar, explain_status, status_detail};
 
-/// `Err(None)` = a stop was needed before the sidecar answered.
+/// Who the sidecar recorded as starting the execution; `Err(None)` = a stop was needed
+/// before the sidecar answered.
 pub(super) async fn start(
     sidecar: &Sidecar,
     spec: &ExecutionSpec,
     stop: &StopRequest,
-) -> Result<(), Option<ExecResult>> {
+) -> Result<String, Option<ExecResult>> {
     let request = proto::StartJobRequest {
         execution_id: spec.at.execution_id.clone(),
         job: spec.job.clone(),
@@ -44,7 +45,10 @@ pub(super) async fn start(
         // Not raced against a stop: an abandoned StartJob could still arrive after our
         // StopJob and start the job. The executor's stop deadline bounds this wait.
         let status = match sidecar.client.clone().start_job(traced).await {
-            Ok(_) => return Ok(()),
+            Ok(answer) => {
+                let execution = answer.into_inner().execution;
+                return Ok(execution.map(|e| e.started_by).unwrap_or_default());
+            }
             Err(status) => status,
         };
         let refused =
@@ -116,7 +120,7 @@ async fn stopped_before_an_answer(
     sidecar: &Sidecar,
     spec: &ExecutionSpec,
     stop: &StopRequest,
-) -> Result<(), Option<ExecResult>> {
+) -> Result<String, Option<ExecResult>> {
     let why = stop.why().map(|w| w.1.clone()).unwrap_or_default();
     let _ = tokio::time::timeout(STOP_RESEND_EVERY, send_stop(sidecar, spec, &why)).await;
     Err(None)

@@ -10,6 +10,8 @@ pub(super) struct Watcher<'a> {
     pub(super) spec: &'a ExecutionSpec,
     pub(super) tx: &'a mpsc::Sender<ExecMsg>,
     pub(super) last_seq: u64,
+    /// Who the sidecar says started the execution (its StartJob answer).
+    pub(super) started_by: String,
 }
 
 impl Watcher<'_> {
@@ -38,6 +40,7 @@ impl Watcher<'_> {
             Kind::Started(s) => RunEventKind::TaskStarted {
                 at: at(),
                 step_count: s.step_count,
+                started_by: self.started_by.clone(),
             },
             Kind::StepStarted(s) => RunEventKind::StepStarted {
                 at: at(),

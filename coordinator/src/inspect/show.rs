@@ -9,7 +9,7 @@
 //! tasks     1 ok, 0 failed, 1 other / 2
 //!
 //! load-facts  succeeded  5.9s  ETL - Load Facts
-//!   #1 on sql2  succeeded  execution e1
+//!   #1 on sql2  succeeded  execution e1 · started by coordinator
 //!        2 transform           succeeded  4.1s
 //!        3 load                retry      600ms  exit code 3
 //!        3 load (attempt 2)    succeeded  1.0s
@@ -108,9 +108,18 @@ pub fn render(s: &RunSnapshot, now_ms: i64) -> String {
             task.job,
         );
         for e in executions {
+            // Who its sidecar recorded as the caller of StartJob (its audit log has more).
+            let started_by = if e.started_by.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " · started by {}",
+                    crate::report::terminal_safe(&e.started_by)
+                )
+            };
             let _ = writeln!(
                 out,
-                "  #{} on {}  {}  execution {}{}",
+                "  #{} on {}  {}  execution {}{started_by}{}",
                 e.attempt,
                 e.sidecar,
                 e.status,

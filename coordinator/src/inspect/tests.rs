@@ -126,11 +126,13 @@ fn runs_and_show_render_the_sample_run() {
     assert!(lines[1].ends_with("1 ok / 2"), "{table}");
 
     let snap = store.run_snapshot("r1").unwrap();
+    // Who the sidecar says started it (its StartJob answer, carried by task_started).
+    assert_eq!(snap.executions[0].started_by, "coordinator");
     let text = show::render(&snap, 10_000);
     for want in [
         "run r1 · plan nightly-etl (plan.toml)",
         "status    failed (exit code 1)",
-        "#1 on sql2  succeeded  execution e1",
+        "#1 on sql2  succeeded  execution e1 · started by coordinator",
         "3 load (attempt 2)",
         "retry",
         "exit code 3",

@@ -262,7 +262,7 @@ impl Reporter for LiveReporter {
                 self.update_status();
             }
             RunEventKind::TaskPlaced { at } => self.placed(&at.task, &at.sidecar, at.attempt),
-            RunEventKind::TaskStarted { at, step_count } => {
+            RunEventKind::TaskStarted { at, step_count, .. } => {
                 if !self.running.contains_key(&at.task) {
                     self.placed(&at.task, &at.sidecar, at.attempt);
                 }

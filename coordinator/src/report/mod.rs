@@ -135,6 +135,7 @@ pub(crate) mod test_support {
                 RunEventKind::TaskStarted {
                     at: at.clone(),
                     step_count: 3,
+                    started_by: "coordinator".into(),
                 },
             ),
             ev(

@@ -81,7 +81,7 @@ impl<W: Write + Send> PlainReporter<W> {
                     attempt_note(at.attempt)
                 )
             }
-            RunEventKind::TaskStarted { at, step_count } => {
+            RunEventKind::TaskStarted { at, step_count, .. } => {
                 self.step_counts
                     .insert(at.execution_id.clone(), *step_count);
                 format!(

@@ -171,9 +171,14 @@ pub fn apply(tx: &Transaction<'_>, ev: &RunEvent, keys: &mut LogKeys) -> rusqlit
                 ts
             ])?;
         }
-        RunEventKind::TaskStarted { at, .. } => {
-            tx.prepare_cached("UPDATE executions SET status = ?2 WHERE execution_id = ?1")?
-                .execute(params![at.execution_id, TASK_RUNNING])?;
+        RunEventKind::TaskStarted { at, started_by, .. } => {
+            // An older sidecar says nothing: keep what is known.
+            tx.prepare_cached(
+                "UPDATE executions SET status = ?2,
+                     started_by = CASE WHEN ?3 = '' THEN started_by ELSE ?3 END
+                 WHERE execution_id = ?1",
+            )?
+            .execute(params![at.execution_id, TASK_RUNNING, started_by])?;
             tx.prepare_cached("UPDATE tasks SET status = ?3 WHERE run_id = ?1 AND task = ?2")?
                 .execute(params![run, at.task, TASK_RUNNING])?;
         }

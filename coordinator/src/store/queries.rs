@@ -65,6 +65,8 @@ pub struct ExecutionRow {
     pub started_ms: i64,
     pub finished_ms: Option<i64>,
     pub message: String,
+    /// Who its sidecar says started it; empty when not known.
+    pub started_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -220,7 +222,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT execution_id, task, attempt, sidecar, job, status, last_seq, started_ms,
-                        finished_ms, message
+                        finished_ms, message, started_by
                  FROM executions WHERE run_id = ?1 ORDER BY started_ms, rowid",
             )?
             .query_map(params![run_id], |r| {
@@ -235,6 +237,7 @@ impl Store {
                     started_ms: r.get(7)?,
                     finished_ms: r.get(8)?,
                     message: r.get(9)?,
+                    started_by: r.get(10)?,
                 })
             })?
             .collect::<Result<_, _>>()?;

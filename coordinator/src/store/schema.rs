@@ -160,6 +160,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN driver_id TEXT;
     ALTER TABLE runs ADD COLUMN lease_expires_ms INTEGER;
     ",
+    // 4: who started each execution, as its sidecar recorded the StartJob caller (the
+    // name in the coordinator's certificate, or `local uid N`); '' when not known.
+    "
+    ALTER TABLE executions ADD COLUMN started_by TEXT NOT NULL DEFAULT '';
+    ",
 ];
 
 /// The schema version this build writes.

@@ -161,6 +161,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// The parameters of `job` whose values may be written to the audit log: those it
+    /// declares and does not mark secret. None by default (every value is redacted).
+    fn loggable_params(&self, _job: &str) -> Vec<String> {
+        Vec::new()
+    }
+
     /// True when `start`, called again after a sidecar restart with the id of an
     /// execution that had not finished, re-attaches to it and never starts it twice.
     fn resumes_after_restart(&self) -> bool {

@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use super::supervised::recovery_message;
 use super::{Entry, Registry, RegistryError};
 use crate::backend::{Backend, BackendError, ExecutionContext, ResumeState};
-use crate::events::EventSink;
 use crate::journal::{Journal, JournalError, Loaded, writer};
 use crate::supervisor::ExecutionLock;
 
@@ -135,7 +134,7 @@ impl Registry {
         state: ResumeState,
     ) {
         let id = entry.record.execution_id.clone();
-        let (sink, rx) = EventSink::channel(&id);
+        let (sink, rx) = crate::stop_note::sink(&id, &entry.stop_note, &self.inner.writers);
         let detach = entry.detach.clone().unwrap_or_default();
         self.inner.writers.spawn(writer::run_detachable(
             file,

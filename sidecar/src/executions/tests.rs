@@ -47,7 +47,7 @@ async fn concurrent_starts_with_one_id_start_once() {
     let (reg, backend) = registry(dir.path(), 4).await;
     let calls = (0..16).map(|_| {
         let reg = reg.clone();
-        tokio::spawn(async move { reg.start(req(id("same"), "a")).await })
+        tokio::spawn(async move { reg.start(req(id("same"), "a"), "tester").await })
     });
     let results: Vec<_> = futures::future::join_all(calls).await;
     let created = results
@@ -64,15 +64,31 @@ async fn concurrent_starts_with_one_id_start_once() {
 }
 
 #[tokio::test]
+async fn who_started_an_execution_is_kept_and_a_repeat_does_not_change_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, _) = registry(dir.path(), 4).await;
+    let (first, _) = reg.start(req(id("b1"), "a"), "coordinator").await.unwrap();
+    assert_eq!(first.started_by, "coordinator");
+    let (again, created) = reg.start(req(id("b1"), "a"), "other").await.unwrap();
+    assert!(!created);
+    assert_eq!(again.started_by, "coordinator");
+    assert_eq!(reg.list(false)[0].started_by, "coordinator");
+}
+
+#[tokio::test]
 async fn repeated_id_for_other_job_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (reg, _) = registry(dir.path(), 4).await;
-    reg.start(req(id("x1"), "a")).await.unwrap();
-    let err = reg.start(req(id("x1"), "b")).await.unwrap_err();
+    reg.start(req(id("x1"), "a"), "tester").await.unwrap();
+    let err = reg.start(req(id("x1"), "b"), "tester").await.unwrap_err();
     let status = tonic::Status::from(err);
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(status.message().contains("already exists for job `a`"));
-    let bad = tonic::Status::from(reg.start(req("../x".into(), "a")).await.unwrap_err());
+    let bad = tonic::Status::from(
+        reg.start(req("../x".into(), "a"), "tester")
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 }
 
@@ -82,7 +98,11 @@ async fn only_canonical_lower_case_ids_are_accepted() {
     let (reg, backend) = registry(dir.path(), 4).await;
     let upper = id("c1").to_uppercase().replace('0', "A");
     for bad in ["e1".to_owned(), upper, format!("{}-", id("c1"))] {
-        let status = tonic::Status::from(reg.start(req(bad.clone(), "a")).await.unwrap_err());
+        let status = tonic::Status::from(
+            reg.start(req(bad.clone(), "a"), "tester")
+                .await
+                .unwrap_err(),
+        );
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
         assert!(
             status.message().contains("lower-case UUID"),
@@ -99,7 +119,7 @@ async fn only_canonical_lower_case_ids_are_accepted() {
         &s[16..20],
         &s[20..]
     );
-    let (_, created) = reg.start(req(hyphenated, "a")).await.unwrap();
+    let (_, created) = reg.start(req(hyphenated, "a"), "tester").await.unwrap();
     assert!(created);
     assert_eq!(backend.starts(), 1, "only the canonical id started");
 }
@@ -112,7 +132,7 @@ async fn resume_only_never_creates_an_execution() {
         resume_only: true,
         ..req(id(label), job)
     };
-    let status = tonic::Status::from(reg.start(resume("n1", "a")).await.unwrap_err());
+    let status = tonic::Status::from(reg.start(resume("n1", "a"), "tester").await.unwrap_err());
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(
         status.message().contains("no record of execution")
@@ -128,8 +148,8 @@ async fn resume_only_never_creates_an_execution() {
     );
 
     // A known execution is followed like any repeated StartJob.
-    reg.start(req(id("n2"), "a")).await.unwrap();
-    let (existing, created) = reg.start(resume("n2", "a")).await.unwrap();
+    reg.start(req(id("n2"), "a"), "tester").await.unwrap();
+    let (existing, created) = reg.start(resume("n2", "a"), "tester").await.unwrap();
     assert!(!created);
     assert_eq!(existing.execution_id, id("n2"));
     assert_eq!(backend.starts(), 1);
@@ -158,7 +178,7 @@ async fn a_slow_backend_does_not_hold_up_other_starts() {
     .unwrap();
     let blocked = {
         let reg = reg.clone();
-        tokio::spawn(async move { reg.start(req(id("s"), "slow")).await })
+        tokio::spawn(async move { reg.start(req(id("s"), "slow"), "tester").await })
     };
     // Until the slow start is inside its job lookup.
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -168,9 +188,12 @@ async fn a_slow_backend_does_not_hold_up_other_starts() {
     })
     .await
     .expect("the slow start never asked its backend for its jobs");
-    let quick = tokio::time::timeout(Duration::from_secs(5), reg.start(req(id("q"), "quick")))
-        .await
-        .expect("a command-job start waited for a slow backend's lookup");
+    let quick = tokio::time::timeout(
+        Duration::from_secs(5),
+        reg.start(req(id("q"), "quick"), "tester"),
+    )
+    .await
+    .expect("a command-job start waited for a slow backend's lookup");
     assert!(quick.unwrap().1);
     assert!(!blocked.is_finished());
     gate.cancel();
@@ -182,7 +205,7 @@ async fn a_slow_backend_does_not_hold_up_other_starts() {
 async fn unknown_job_lists_offered_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let (reg, _) = registry(dir.path(), 4).await;
-    let status = tonic::Status::from(reg.start(req(id("u1"), "zzz")).await.unwrap_err());
+    let status = tonic::Status::from(reg.start(req(id("u1"), "zzz"), "tester").await.unwrap_err());
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(
         status.message().contains("a, b, broken, c"),
@@ -199,11 +222,11 @@ async fn unknown_job_lists_offered_jobs() {
 async fn slots_and_same_job_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let (reg, backend) = registry(dir.path(), 2).await;
-    reg.start(req(id("s1"), "a")).await.unwrap();
-    let same = tonic::Status::from(reg.start(req(id("s2"), "a")).await.unwrap_err());
+    reg.start(req(id("s1"), "a"), "tester").await.unwrap();
+    let same = tonic::Status::from(reg.start(req(id("s2"), "a"), "tester").await.unwrap_err());
     assert_eq!(same.code(), tonic::Code::Aborted);
-    reg.start(req(id("s3"), "b")).await.unwrap();
-    let full = tonic::Status::from(reg.start(req(id("s4"), "c")).await.unwrap_err());
+    reg.start(req(id("s3"), "b"), "tester").await.unwrap();
+    let full = tonic::Status::from(reg.start(req(id("s4"), "c"), "tester").await.unwrap_err());
     assert_eq!(full.code(), tonic::Code::ResourceExhausted);
     let d = reg.describe();
     assert_eq!((d.slots, d.running), (2, 2));
@@ -214,7 +237,7 @@ async fn slots_and_same_job_conflicts() {
     wait_finished(&reg, &id("s1")).await;
     wait_finished(&reg, &id("s3")).await;
     assert_eq!(reg.describe().running, 0);
-    let (_, created) = reg.start(req(id("s5"), "a")).await.unwrap();
+    let (_, created) = reg.start(req(id("s5"), "a"), "tester").await.unwrap();
     assert!(created);
     wait_finished(&reg, &id("s5")).await;
     assert_eq!(
@@ -227,37 +250,52 @@ async fn slots_and_same_job_conflicts() {
 async fn failed_start_is_journaled_and_frees_the_slot() {
     let dir = tempfile::tempdir().unwrap();
     let (reg, _) = registry(dir.path(), 1).await;
-    let status = tonic::Status::from(reg.start(req(id("f1"), BROKEN_JOB)).await.unwrap_err());
+    let status = tonic::Status::from(
+        reg.start(req(id("f1"), BROKEN_JOB), "tester")
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(status.code(), tonic::Code::Internal);
     let e = reg.get(&id("f1")).unwrap();
     assert_eq!(e.state, ExecutionState::Finished as i32);
     assert_eq!(e.outcome, Outcome::Failed as i32);
     assert!(e.message.contains("does not exist"));
     // A retry with the same id returns the failed execution, not a second start.
-    let (again, created) = reg.start(req(id("f1"), BROKEN_JOB)).await.unwrap();
+    let (again, created) = reg
+        .start(req(id("f1"), BROKEN_JOB), "tester")
+        .await
+        .unwrap();
     assert!(!created);
     assert_eq!(again.outcome, Outcome::Failed as i32);
     // The single slot is free again.
-    reg.start(req(id("f2"), "a")).await.unwrap();
+    reg.start(req(id("f2"), "a"), "tester").await.unwrap();
 }
 
 #[tokio::test]
 async fn stop_is_idempotent_and_watch_sees_everything() {
     let dir = tempfile::tempdir().unwrap();
     let (reg, _) = registry(dir.path(), 4).await;
-    reg.start(req(id("w1"), "a")).await.unwrap();
+    reg.start(req(id("w1"), "a"), "tester").await.unwrap();
     let stream = reg.watch(&id("w1"), 0).unwrap();
-    reg.stop(&id("w1"), "test").await.unwrap();
-    reg.stop(&id("w1"), "test again").await.unwrap();
+    reg.stop(&id("w1"), "test", "tester").await.unwrap();
+    reg.stop(&id("w1"), "test again", "tester").await.unwrap();
     let events: Vec<proto::Event> = stream.map(|e| e.unwrap()).collect().await;
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4], "Accepted, Started, Logs, Finished");
     // A watcher may read Finished from the file a moment before the writer publishes it.
     wait_finished(&reg, &id("w1")).await;
-    let finished = reg.stop(&id("w1"), "after the end").await.unwrap();
+    let finished = reg
+        .stop(&id("w1"), "after the end", "tester")
+        .await
+        .unwrap();
     assert_eq!(finished.outcome, Outcome::Canceled as i32);
+    // Who asked first, and why, is in the Finished message (the repeat changes nothing).
+    assert!(
+        finished.message.ends_with("(stop: test (asked by tester))"),
+        "{finished:?}"
+    );
     assert_eq!(finished.last_seq, 4);
-    let missing = tonic::Status::from(reg.stop(&id("nope"), "").await.unwrap_err());
+    let missing = tonic::Status::from(reg.stop(&id("nope"), "", "tester").await.unwrap_err());
     assert_eq!(missing.code(), tonic::Code::NotFound);
     assert!(reg.watch(&id("nope"), 0).is_err());
 }
@@ -267,10 +305,10 @@ async fn restart_reports_running_executions_lost_and_ack_prunes() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (reg, _) = registry(dir.path(), 4).await;
-        reg.start(req(id("r1"), "a")).await.unwrap();
-        reg.stop(&id("r1"), "test").await.unwrap();
+        reg.start(req(id("r1"), "a"), "tester").await.unwrap();
+        reg.stop(&id("r1"), "test", "tester").await.unwrap();
         wait_finished(&reg, &id("r1")).await;
-        reg.start(req(id("r2"), "b")).await.unwrap();
+        reg.start(req(id("r2"), "b"), "tester").await.unwrap();
         // Wait for Started on disk, then "crash": nothing more is written.
         progress(&reg, &id("r2"))
             .wait_for(|p| p.started)
@@ -314,7 +352,7 @@ async fn a_resumable_execution_is_handed_over_and_continues_its_journal() {
     let mut first = FakeBackend::new(&["a"]);
     first.resumable = true;
     let reg = open(Arc::new(first)).await;
-    reg.start(req(id("h1"), "a")).await.unwrap();
+    reg.start(req(id("h1"), "a"), "tester").await.unwrap();
     progress(&reg, &id("h1"))
         .wait_for(|p| p.last_seq == 3)
         .await
@@ -361,12 +399,12 @@ async fn a_resumable_execution_is_handed_over_and_continues_its_journal() {
 async fn shutdown_stops_running_work_and_refuses_new() {
     let dir = tempfile::tempdir().unwrap();
     let (reg, _) = registry(dir.path(), 4).await;
-    reg.start(req(id("d1"), "a")).await.unwrap();
+    reg.start(req(id("d1"), "a"), "tester").await.unwrap();
     reg.shutdown(Duration::from_secs(5)).await;
     assert_eq!(
         reg.get(&id("d1")).unwrap().outcome,
         Outcome::Canceled as i32
     );
-    let status = tonic::Status::from(reg.start(req(id("d2"), "b")).await.unwrap_err());
+    let status = tonic::Status::from(reg.start(req(id("d2"), "b"), "tester").await.unwrap_err());
     assert_eq!(status.code(), tonic::Code::Unavailable);
 }

@@ -97,6 +97,7 @@ fn salvage(path: &std::path::Path, id: &str) -> ExecutionRecord {
             .as_i64()
             .unwrap_or_else(agentfleet_common::now_ms),
         supervised: false,
+        started_by: String::new(),
     }
 }
 

@@ -19,6 +19,7 @@ fn record(id: &str) -> ExecutionRecord {
         params: Default::default(),
         accepted_at_ms: 1,
         supervised: false,
+        started_by: String::new(),
     }
 }
 
@@ -341,4 +342,19 @@ fn create_refuses_an_existing_execution_directory() {
         std::fs::read(journal.events_path("c1")).unwrap(),
         events_before
     );
+}
+
+#[test]
+fn a_record_keeps_who_started_it_and_older_records_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let mut rec = record("who");
+    rec.started_by = "coordinator".into();
+    journal.create(&rec).unwrap();
+    assert_eq!(journal.record("who").unwrap().started_by, "coordinator");
+
+    // Written before `started_by` existed: loads, with nobody named.
+    let old = br#"{"execution_id":"old","job":"job-a","backend":"command","accepted_at_ms":1}"#;
+    let loaded: ExecutionRecord = serde_json::from_slice(old).unwrap();
+    assert_eq!(loaded.started_by, "");
 }

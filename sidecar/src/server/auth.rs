@@ -7,12 +7,17 @@
 //!    coordinator certificates shared one namespace (a sidecar certificate named
 //!    `coordinator` passed as the coordinator);
 //! 3. NAME is one `allow_clients` lists.
+//!
+//! An allowed call carries its `Caller` (the coordinator's name, or `local uid N` in
+//! insecure mode) in its extensions for the handlers to audit; a refused one is written
+//! to the audit log here, with what the caller presented (see `crate::audit`).
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use agentfleet_common::tls::{CertIdentity, Role, identity};
 use tonic::{Request, Status, service::Interceptor};
 
+use crate::audit::{self, AuditLog, Caller};
 use crate::config::TlsConfig;
 
 mod revocation;
@@ -25,6 +30,72 @@ pub struct Authorize {
     sidecar: Arc<str>,
     /// `None`: insecure mode (loopback only), no client certificates to check.
     mtls: Option<Arc<Mtls>>,
+    /// Where refused calls are recorded (none in unit tests of the checks alone).
+    audit: Option<AuditLog>,
+}
+
+/// The gRPC method a call asked for (`/agentfleet.sidecar.v1.Sidecar/StartJob`), put in
+/// its extensions by `tag_method` before the interceptor runs (tonic's interceptors do
+/// not see the URI), so a refusal can say what was refused.
+#[derive(Debug, Clone)]
+pub struct CalledMethod(pub String);
+
+/// The layer function in front of every service: see `CalledMethod`.
+pub fn tag_method(
+    mut request: tonic::codegen::http::Request<tonic::body::Body>,
+) -> tonic::codegen::http::Request<tonic::body::Body> {
+    let path = request.uri().path().to_owned();
+    request.extensions_mut().insert(CalledMethod(path));
+    request
+}
+
+/// The method's short name (`StartJob`), or the path as given.
+pub fn method_name<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<CalledMethod>()
+        .map(|m| m.0.rsplit('/').next().unwrap_or(&m.0).to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The caller's address: `ip:port` over TCP, `unix` on the local socket.
+pub fn peer_of<T>(request: &Request<T>) -> String {
+    if let Some(addr) = request.remote_addr() {
+        return addr.to_string();
+    }
+    #[cfg(unix)]
+    if request
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .is_some()
+    {
+        return "unix".to_owned();
+    }
+    "unknown".to_owned()
+}
+
+/// Who the caller is, as the interceptor found it (`unknown` if it never ran: tests).
+pub fn caller_of<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller("unknown".to_owned()))
+}
+
+/// A refusal and what the caller presented, for the audit log.
+struct Refusal {
+    status: Status,
+    presented: String,
+}
+
+impl From<Status> for Refusal {
+    fn from(status: Status) -> Self {
+        Self {
+            status,
+            presented: "no client certificate".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -44,7 +115,14 @@ impl Authorize {
                 allow: tls.allow_clients.iter().cloned().collect(),
                 revocations,
             })),
+            audit: None,
         })
+    }
+
+    /// Records refused calls in `audit`.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// Plaintext on loopback: nobody to check.
@@ -52,11 +130,17 @@ impl Authorize {
         Self {
             sidecar: sidecar.into(),
             mtls: None,
+            audit: None,
         }
     }
 
-    /// The caller's coordinator name when it is allowed; the refusal otherwise.
+    /// The caller's coordinator name when it is allowed (`None` in insecure mode); the
+    /// refusal otherwise.
     pub fn check<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        self.check_presented(request).map_err(|r| r.status)
+    }
+
+    fn check_presented<T>(&self, request: &Request<T>) -> Result<Option<String>, Refusal> {
         let Some(mtls) = &self.mtls else {
             return Ok(None);
         };
@@ -69,10 +153,38 @@ impl Authorize {
         let leaf = certs.first().ok_or_else(|| {
             Status::unauthenticated("the TLS session carries no client certificate")
         })?;
-        let id = identity::identity(leaf).ok_or_else(|| {
-            Status::permission_denied("the client certificate cannot be read as X.509")
+        let id = identity::identity(leaf).ok_or_else(|| Refusal {
+            status: Status::permission_denied("the client certificate cannot be read as X.509"),
+            presented: "a certificate that is not X.509".to_owned(),
         })?;
-        self.check_identity(mtls, &id).map(Some)
+        self.check_identity(mtls, &id)
+            .map(Some)
+            .map_err(|status| Refusal {
+                status,
+                presented: format!("certificate `{}` (serial {})", id.display_name(), id.serial),
+            })
+    }
+
+    /// The caller's identity for the audit log: its name, or `local uid N` in insecure
+    /// mode (from the Unix socket's peer credentials).
+    fn caller<T>(request: &Request<T>, name: Option<String>) -> Caller {
+        if let Some(name) = name {
+            return Caller(name);
+        }
+        #[cfg(unix)]
+        {
+            let uid = request
+                .extensions()
+                .get::<tonic::transport::server::UdsConnectInfo>()
+                .and_then(|info| info.peer_cred)
+                .map(|cred| cred.uid());
+            Caller::local(uid)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = request;
+            Caller::local(None)
+        }
     }
 
     fn check_identity(&self, mtls: &Mtls, id: &CertIdentity) -> Result<String, Status> {
@@ -123,9 +235,25 @@ impl Authorize {
 }
 
 impl Interceptor for Authorize {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        self.check(&request)?;
-        Ok(request)
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        match self.check_presented(&request) {
+            Ok(name) => {
+                let caller = Self::caller(&request, name);
+                request.extensions_mut().insert(caller);
+                Ok(request)
+            }
+            Err(refusal) => {
+                if let Some(audit) = &self.audit {
+                    audit.record(&audit::Entry::now(
+                        &method_name(&request),
+                        &refusal.presented,
+                        &peer_of(&request),
+                        audit::Answer::refused(&refusal.status),
+                    ));
+                }
+                Err(refusal.status)
+            }
+        }
     }
 }
 

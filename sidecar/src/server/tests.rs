@@ -325,6 +325,20 @@ async fn insecure_mode_serves_plaintext_with_reflection_on_a_unix_socket_only() 
             .name,
         "test"
     );
+    // No certificate here: the caller is named by the socket's peer credentials, in the
+    // execution and in the audit log.
+    let me = format!("local uid {}", nix::unistd::geteuid().as_raw());
+    let started = client
+        .start_job(start(&agentfleet_common::ids::new_execution_id(), "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.execution.unwrap().started_by, me);
+    let audit = std::fs::read_to_string(dir.path().join("state").join(crate::audit::FILE)).unwrap();
+    let line: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(line["caller"], me.as_str(), "{line}");
+    assert_eq!(line["peer"], "unix", "{line}");
+    assert_eq!(line["answer"]["result"], "created", "{line}");
 
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {

@@ -15,8 +15,8 @@ use super::lock::ExecutionLock;
 use super::spawn::{JOB_FILE, STOP_FILE};
 use crate::backend::command::CommandBackend;
 use crate::backend::{Backend, ExecutionContext, SupervisedJob};
-use crate::events::EventSink;
 use crate::journal::{Journal, JournalError, writer};
+use crate::stop_note::{self, StopNote};
 
 /// How often the supervisor looks for `DIR/stop`.
 const STOP_POLL: Duration = Duration::from_millis(100);
@@ -83,7 +83,11 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
     }
     let job = read_job(&dir.join(JOB_FILE))?;
 
-    let (sink, rx) = EventSink::channel(&id);
+    // The backend's events reach the writer through `stop_note::forward`, which adds who
+    // asked to stop to the Finished message.
+    let note = StopNote::default();
+    // (Not tracked: it ends with the writer or the backend, and the process with both.)
+    let (sink, rx) = stop_note::sink(&id, &note, &tokio_util::task::TaskTracker::new());
     let (progress_tx, _) = watch::channel(progress);
     let notifier = tokio::spawn(notify_progress(progress_tx.subscribe()));
     let stop = CancellationToken::new();
@@ -97,7 +101,7 @@ pub async fn supervise(dir: &Path) -> Result<Done, SuperviseError> {
             .with_policy(policy)
             .run(),
     );
-    let watcher = tokio::spawn(watch_for_stop(dir.to_owned(), stop.clone()));
+    let watcher = tokio::spawn(watch_for_stop(dir.to_owned(), stop.clone(), note));
 
     tracing::info!(execution_id = %id, job = %record.job, "supervisor starting job");
     let backend = Arc::new(CommandBackend::new(vec![job.job], job.stop_grace));
@@ -159,8 +163,9 @@ fn read_job(path: &Path) -> Result<SupervisedJob, SuperviseError> {
     serde_json::from_slice(&bytes).map_err(|e| detail(&e))
 }
 
-/// Cancels `stop` when `DIR/stop` appears or the supervisor is asked to terminate.
-async fn watch_for_stop(dir: PathBuf, stop: CancellationToken) {
+/// Cancels `stop` when `DIR/stop` appears (its content, the reason and who asked, goes
+/// into `note`) or the supervisor is asked to terminate.
+async fn watch_for_stop(dir: PathBuf, stop: CancellationToken, note: StopNote) {
     let path = dir.join(STOP_FILE);
     let mut signals = Signals::install();
     let mut tick = tokio::time::interval(STOP_POLL);
@@ -171,6 +176,7 @@ async fn watch_for_stop(dir: PathBuf, stop: CancellationToken) {
                 // create it but not write the reason into it.
                 if let Ok(reason) = tokio::fs::read_to_string(&path).await {
                     tracing::info!(reason = %reason.trim(), "stop requested");
+                    let _ = note.set(reason.trim().to_owned());
                     break;
                 }
             }

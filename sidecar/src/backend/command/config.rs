@@ -15,6 +15,11 @@ pub struct JobConfig {
     /// reach the steps as environment variables.
     #[serde(default)]
     pub params: super::params::Params,
+    /// Parameters whose values are secret (passwords, tokens): they still reach the steps,
+    /// but are never written to the audit log or the sidecar's own log. Each must be one
+    /// `params` declares.
+    #[serde(default)]
+    pub secret_params: Vec<String>,
     /// Working directory of every step (default: the sidecar's).
     #[serde(default)]
     pub working_dir: Option<PathBuf>,
@@ -125,6 +130,11 @@ impl JobConfig {
         self.params
             .rules()
             .map_err(|e| format!("job `{job}`: {e}"))?;
+        if let Some(secret) = self.secret_params.iter().find(|s| !self.params.contains(s)) {
+            return Err(format!(
+                "job `{job}`: secret_params names `{secret}`, which params does not declare"
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for step in &self.steps {
             let name = &step.name;
@@ -179,6 +189,7 @@ mod tests {
             name: "j".to_owned(),
             description: String::new(),
             params: Default::default(),
+            secret_params: Vec::new(),
             working_dir: None,
             inherit_env: Vec::new(),
             env: BTreeMap::new(),
@@ -222,6 +233,16 @@ mod tests {
                 .unwrap_err()
                 .contains("there is no step `z`")
         );
+        let mut secret = job(&[("a", None)]);
+        secret.params = crate::backend::command::params::Params::List(vec!["USER".into()]);
+        secret.secret_params = vec!["PASSWORD".into()];
+        assert_eq!(
+            secret.validate().unwrap_err(),
+            "job `j`: secret_params names `PASSWORD`, which params does not declare"
+        );
+        secret.params =
+            crate::backend::command::params::Params::List(vec!["USER".into(), "PASSWORD".into()]);
+        assert_eq!(secret.validate(), Ok(()));
         let mut no_program = job(&[("a", None)]);
         no_program.steps[0].run.clear();
         assert!(

@@ -213,6 +213,18 @@ impl Backend for CommandBackend {
         Ok(self.jobs.iter().map(|j| self.describe(j)).collect())
     }
 
+    fn loggable_params(&self, job: &str) -> Vec<String> {
+        self.job(job).map_or_else(Vec::new, |job| {
+            let config = &job.config;
+            config
+                .params
+                .names()
+                .into_iter()
+                .filter(|name| !config.secret_params.contains(name))
+                .collect()
+        })
+    }
+
     fn supervised_job(
         &self,
         job: &str,

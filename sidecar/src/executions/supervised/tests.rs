@@ -21,6 +21,7 @@ fn record(id: &str) -> ExecutionRecord {
         params: Default::default(),
         accepted_at_ms: 1,
         supervised: true,
+        started_by: String::new(),
     }
 }
 

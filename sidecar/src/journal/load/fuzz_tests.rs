@@ -23,6 +23,7 @@ fn record() -> ExecutionRecord {
         params: Default::default(),
         accepted_at_ms: 1,
         supervised: false,
+        started_by: String::new(),
     }
 }
 

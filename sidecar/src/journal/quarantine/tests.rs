@@ -13,6 +13,7 @@ fn record(id: &str) -> ExecutionRecord {
         params: Default::default(),
         accepted_at_ms: 7,
         supervised: true,
+        started_by: String::new(),
     }
 }
 

@@ -22,6 +22,7 @@ fn record(id: &str) -> ExecutionRecord {
         params: Default::default(),
         accepted_at_ms: 1,
         supervised: false,
+        started_by: String::new(),
     }
 }
 

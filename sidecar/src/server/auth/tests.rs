@@ -212,3 +212,31 @@ fn a_crl_from_another_ca_stops_the_start() {
     .unwrap_err();
     assert!(err.to_string().contains("[tls] crl"), "{err}");
 }
+
+#[test]
+fn the_interceptor_names_the_caller_and_audits_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    ca(dir.path());
+    let log = dir.path().join("audit.log");
+    let mut auth = Authorize::mtls("s1", &tls(dir.path(), None, &[]))
+        .unwrap()
+        .with_audit(AuditLog::with_limit(log.clone(), 1 << 20));
+    // No TLS session, so no certificate: refused, and recorded with the method asked for.
+    let mut request = Request::new(());
+    request.extensions_mut().insert(CalledMethod(
+        "/agentfleet.sidecar.v1.Sidecar/StartJob".into(),
+    ));
+    let refused = auth.call(request).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line["call"], "StartJob", "{line}");
+    assert_eq!(line["caller"], "no client certificate", "{line}");
+    assert_eq!(line["answer"]["result"], "refused", "{line}");
+    assert_eq!(line["answer"]["code"], "UNAUTHENTICATED", "{line}");
+
+    // Insecure mode: the caller is local (by uid when the socket says it).
+    let mut insecure = Authorize::insecure("s1");
+    let allowed = insecure.call(Request::new(())).unwrap();
+    assert_eq!(caller_of(&allowed), Caller("local".into()));
+}

@@ -34,6 +34,7 @@ pub(super) fn job(name: &str, steps: Vec<StepConfig>) -> JobConfig {
         name: name.to_owned(),
         description: String::new(),
         params: Default::default(),
+        secret_params: Vec::new(),
         working_dir: None,
         inherit_env: Vec::new(),
         env: BTreeMap::new(),
