@@ -79,8 +79,7 @@ pub fn install(
     let mut done = Vec::new();
     if let Some(account) = &account {
         agentfleet_common::private::create_dir(state_dir, true).map_err(io("create", state_dir))?;
-        nix::unistd::chown(state_dir, Some(account.uid), Some(account.gid))
-            .map_err(|e| io("give to the service user", state_dir)(e.into()))?;
+        give(state_dir, account).map_err(io("give to the service user", state_dir))?;
         done.push(format!(
             "gave {} to {} (mode 0700); the user must be able to read {}",
             state_dir.display(),
@@ -101,10 +100,24 @@ pub fn install(
     Ok(done)
 }
 
+/// The account a service runs as.
+struct Account {
+    name: String,
+    #[cfg(unix)]
+    uid: nix::unistd::Uid,
+    #[cfg(unix)]
+    gid: nix::unistd::Gid,
+}
+
 /// The account `name`, which must exist (create it with `useradd --system`).
-fn find_user(name: &str) -> Result<nix::unistd::User, ServiceError> {
+#[cfg(unix)]
+fn find_user(name: &str) -> Result<Account, ServiceError> {
     match nix::unistd::User::from_name(name) {
-        Ok(Some(user)) => Ok(user),
+        Ok(Some(user)) => Ok(Account {
+            name: user.name,
+            uid: user.uid,
+            gid: user.gid,
+        }),
         Ok(None) => Err(ServiceError::Command {
             command: format!("sidecar install --user {name}"),
             detail: format!(
@@ -116,6 +129,23 @@ fn find_user(name: &str) -> Result<nix::unistd::User, ServiceError> {
             detail: format!("cannot look the user up: {e}"),
         }),
     }
+}
+
+/// Systemd units (and so `--user`) exist on Linux only.
+#[cfg(not(unix))]
+fn find_user(_name: &str) -> Result<Account, ServiceError> {
+    Err(ServiceError::UserOnLinuxOnly)
+}
+
+/// Makes `dir` the account's own.
+#[cfg(unix)]
+fn give(dir: &Path, account: &Account) -> std::io::Result<()> {
+    nix::unistd::chown(dir, Some(account.uid), Some(account.gid)).map_err(std::io::Error::from)
+}
+
+#[cfg(not(unix))]
+fn give(_dir: &Path, _account: &Account) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Stops, disables and removes the unit; returns what it did.
