@@ -124,7 +124,12 @@ pub struct SuperviseArgs {
 /// supervisor could not do its work (see `supervisor.log`).
 pub fn main(args: &SuperviseArgs) -> u8 {
     agentfleet_common::telemetry::init("info", agentfleet_common::telemetry::LogFormat::Plain);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One execution needs no worker pool: a current-thread runtime starts faster and costs
+    // two threads less per running job (file I/O still goes to the blocking pool).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("supervisor: failed to start the async runtime: {e}");
