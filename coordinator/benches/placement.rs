@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo bench -p agentfleet-coordinator --bench placement`. Prints plain numbers.
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -46,7 +46,8 @@ fn simulate(tasks: &[SimTask], sidecars: &[(&str, usize)]) -> u64 {
             offers: offers.clone(),
             slots,
             running: 0,
-            running_jobs: HashSet::new(),
+            running_jobs: HashMap::new(),
+            max_instances: HashMap::new(),
             reachable: true,
         })
         .collect();
@@ -72,8 +73,7 @@ fn simulate(tasks: &[SimTask], sidecars: &[(&str, usize)]) -> u64 {
                 .iter()
                 .position(|s| s.name == p.sidecar)
                 .expect("known sidecar");
-            states[s].running += 1;
-            states[s].running_jobs.insert(tasks[p.task].job.clone());
+            states[s].started(&tasks[p.task].job);
             started[p.task] = true;
             running.push(Reverse((now + tasks[p.task].actual_ms, p.task, s)));
         }
@@ -83,8 +83,7 @@ fn simulate(tasks: &[SimTask], sidecars: &[(&str, usize)]) -> u64 {
         };
         now = finish;
         done[task] = true;
-        states[s].running -= 1;
-        states[s].running_jobs.remove(&tasks[task].job);
+        states[s].ended(&tasks[task].job);
     }
 }
 
@@ -225,8 +224,9 @@ fn time_place() {
             slots: 8,
             running: s % 9 % 8,
             running_jobs: (0..s % 9 % 8)
-                .map(|k| format!("job-{:04}", (s * 13 + k) % jobs))
+                .map(|k| (format!("job-{:04}", (s * 13 + k) % jobs), 1))
                 .collect(),
+            max_instances: HashMap::new(),
             reachable: s % 10 != 9,
         })
         .collect();

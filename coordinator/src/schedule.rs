@@ -15,7 +15,8 @@
 //! 3. plan order, so equal tasks start as the user listed them.
 //!
 //! Choice of sidecar for a task, among eligible ones (reachable, offers the job, in `on`,
-//! a free slot, not already running that job):
+//! a free slot, running fewer executions of that job than its `max_instances` there: 1
+//! unless the sidecar's config allows more):
 //! 1. not in `avoid` (e.g. where the previous attempt failed): a retry is more useful
 //!    elsewhere, and this stays a preference, so an avoided sidecar is still used when it is
 //!    the only one;
@@ -51,10 +52,41 @@ pub struct SidecarState {
     pub slots: usize,
     /// Executions it runs now (ours and others').
     pub running: usize,
-    /// Jobs it runs now: a job runs at most once per server at a time (SQL Server Agent
-    /// refuses to start a job that is already running).
-    pub running_jobs: HashSet<String>,
+    /// Executions it runs now, per job (ours and others').
+    pub running_jobs: HashMap<String, usize>,
+    /// Per job, how many executions may run at once here; a job not listed: 1 (SQL Server
+    /// Agent refuses to start a job that is already running; command jobs may allow more).
+    pub max_instances: HashMap<String, usize>,
     pub reachable: bool,
+}
+
+impl SidecarState {
+    /// How many executions of `job` may run here at once.
+    pub fn instances_allowed(&self, job: &str) -> usize {
+        self.max_instances.get(job).copied().unwrap_or(1).max(1)
+    }
+
+    /// How many executions of `job` run here now.
+    pub fn instances_running(&self, job: &str) -> usize {
+        self.running_jobs.get(job).copied().unwrap_or(0)
+    }
+
+    /// Counts an execution of `job` started here.
+    pub fn started(&mut self, job: &str) {
+        self.running += 1;
+        *self.running_jobs.entry(job.to_owned()).or_default() += 1;
+    }
+
+    /// Counts an execution of `job` here as ended.
+    pub fn ended(&mut self, job: &str) {
+        self.running = self.running.saturating_sub(1);
+        if let Some(n) = self.running_jobs.get_mut(job) {
+            *n -= 1;
+            if *n == 0 {
+                self.running_jobs.remove(job);
+            }
+        }
+    }
 }
 
 /// Start `task` on `sidecar`.
@@ -77,7 +109,7 @@ pub fn place(
         .map(|s| Load {
             side: s,
             running: s.running,
-            placed_jobs: Vec::new(),
+            placed_jobs: HashMap::new(),
         })
         .collect();
     let mut free_total: usize = state
@@ -111,7 +143,7 @@ pub fn place(
         if let Some(i) = best {
             let load = &mut state[i];
             load.running += 1;
-            load.placed_jobs.push(&task.job);
+            *load.placed_jobs.entry(&task.job).or_default() += 1;
             budget -= 1;
             free_total -= 1;
             placements.push(Placement {
@@ -189,7 +221,8 @@ pub fn unplaceable_reason(task: &ReadyTask, sidecars: &[SidecarState]) -> Option
 struct Load<'a> {
     side: &'a SidecarState,
     running: usize,
-    placed_jobs: Vec<&'a str>,
+    /// Executions placed here in this call, per job.
+    placed_jobs: HashMap<&'a str, usize>,
 }
 
 impl Load<'_> {
@@ -197,18 +230,21 @@ impl Load<'_> {
         self.side.slots.saturating_sub(self.running)
     }
 
-    /// What does not change during a call: reachable, offers the job, not running it.
+    /// What does not change during a call: reachable, offers the job, not running it as
+    /// often as it may already.
     fn could_run(&self, job: &str) -> bool {
         let s = self.side;
-        s.reachable && s.offers.contains(job) && !s.running_jobs.contains(job)
+        s.reachable && s.offers.contains(job) && s.instances_running(job) < s.instances_allowed(job)
     }
 
     /// The rest of eligibility, given [`Load::could_run`]: a free slot, allowed by `on`,
-    /// and the job not placed here earlier in this call.
+    /// and room for one more instance of the job with those placed earlier in this call.
     fn has_room_for(&self, task: &ReadyTask) -> bool {
+        let job = task.job.as_str();
+        let placed = self.placed_jobs.get(job).copied().unwrap_or(0);
         self.free() > 0
             && (task.on.is_empty() || task.on.contains(&self.side.name))
-            && !self.placed_jobs.contains(&task.job.as_str())
+            && self.side.instances_running(job) + placed < self.side.instances_allowed(job)
     }
 }
 

@@ -287,7 +287,8 @@ impl Registry {
         {
             let map = self.map();
             let running: Vec<&Arc<Entry>> = map.values().filter(|e| e.running()).collect();
-            if running.iter().any(|e| e.record.job == req.job) {
+            let instances = running.iter().filter(|e| e.record.job == req.job).count();
+            if instances >= backend.max_instances(&req.job) as usize {
                 return Err(BackendError::AlreadyRunning(req.job).into());
             }
             if running.len() >= self.inner.slots as usize {

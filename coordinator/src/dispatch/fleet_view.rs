@@ -1,6 +1,6 @@
 //! The dispatcher's view of the fleet: what each sidecar offers, which parameters its jobs
 //! declare, and what can never be placed.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use std::time::Duration;
 
@@ -83,7 +83,22 @@ pub(super) fn sidecar_state(name: &str, info: Option<&SidecarInfo>) -> SidecarSt
         offers: info.map(SidecarInfo::offers).unwrap_or_default(),
         slots: describe.slots as usize,
         running: describe.running as usize,
-        running_jobs: describe.running_jobs.into_iter().collect(),
+        running_jobs: describe
+            .running_jobs
+            .into_iter()
+            .fold(HashMap::new(), |mut counts, job| {
+                *counts.entry(job).or_default() += 1;
+                counts
+            }),
+        max_instances: info
+            .map(|i| {
+                i.jobs
+                    .iter()
+                    .filter(|j| j.max_instances > 1)
+                    .map(|j| (j.name.clone(), j.max_instances as usize))
+                    .collect()
+            })
+            .unwrap_or_default(),
         reachable: info.is_some_and(|i| i.reachable),
     }
 }

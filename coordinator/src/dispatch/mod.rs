@@ -323,8 +323,7 @@ impl<'a> Dispatcher<'a> {
         run.first_start.get_or_insert_with(Instant::now);
         self.running += 1;
         if let Some(state) = self.states.iter_mut().find(|s| s.name == sidecar_name) {
-            state.running += 1;
-            state.running_jobs.insert(task.job.clone());
+            state.started(&task.job);
         }
         let at = At {
             task: task.name.clone(),
@@ -403,8 +402,7 @@ impl<'a> Dispatcher<'a> {
         let job = &self.plan.tasks[index].job;
         self.running -= 1;
         if let Some(state) = self.states.iter_mut().find(|s| s.name == sidecar) {
-            state.running = state.running.saturating_sub(1);
-            state.running_jobs.remove(job);
+            state.ended(job);
         }
         match result {
             ExecResult::Refused { refusal, message } => {

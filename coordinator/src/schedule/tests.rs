@@ -10,7 +10,8 @@ fn sidecar(name: &str, jobs: &[&str], slots: usize, running: usize) -> SidecarSt
         offers: jobs.iter().map(|j| (*j).to_owned()).collect(),
         slots,
         running,
-        running_jobs: HashSet::new(),
+        running_jobs: HashMap::new(),
+        max_instances: HashMap::new(),
         reachable: true,
     }
 }
@@ -80,7 +81,7 @@ fn avoid_is_a_preference() {
 #[test]
 fn eligibility_rules() {
     let mut busy = sidecar("busy", &["x"], 4, 1);
-    busy.running_jobs.insert("x".into());
+    busy.running_jobs.insert("x".into(), 1);
     let mut down = sidecar("down", &["x"], 4, 0);
     down.reachable = false;
     let full = sidecar("full", &["x"], 2, 2);
@@ -96,6 +97,22 @@ fn eligibility_rules() {
     let ready = [task(0, "x"), task(1, "x"), task(2, "x")];
     assert_eq!(pairs(&place(&ready, &s, 5)), [(0, "a"), (1, "b")]);
     assert_eq!(place(&ready, &s, 1).len(), 1, "free_parallel caps the call");
+}
+
+#[test]
+fn a_job_runs_up_to_its_max_instances_on_one_sidecar() {
+    let mut fan = sidecar("fan", &["load"], 8, 1);
+    fan.running_jobs.insert("load".into(), 1);
+    fan.max_instances.insert("load".into(), 4);
+    let ready: Vec<ReadyTask> = (0..6).map(|i| task(i, "load")).collect();
+    // One runs already: three more fit, although five slots are free.
+    assert_eq!(
+        pairs(&place(&ready, std::slice::from_ref(&fan), 10)),
+        [(0, "fan"), (1, "fan"), (2, "fan")]
+    );
+    // A sidecar that does not allow more than one (the default) still takes only one.
+    let single = sidecar("single", &["load"], 8, 0);
+    assert_eq!(place(&ready, &[single], 10).len(), 1);
 }
 
 #[test]
@@ -136,15 +153,24 @@ fn arb_sidecar(i: usize) -> impl Strategy<Value = SidecarState> {
         0usize..4,
         0usize..4,
         proptest::sample::subsequence(JOBS.to_vec(), 0..=2),
+        proptest::collection::vec(1usize..4, JOBS.len()),
         proptest::bool::weighted(0.85),
     )
         .prop_map(
-            move |(offers, slots, running, running_jobs, reachable)| SidecarState {
+            move |(offers, slots, running, running_jobs, instances, reachable)| SidecarState {
                 name: NAMES[i].into(),
                 offers: offers.into_iter().map(String::from).collect(),
                 slots,
                 running: running.min(slots),
-                running_jobs: running_jobs.into_iter().map(String::from).collect(),
+                running_jobs: running_jobs
+                    .into_iter()
+                    .map(|j| (j.to_owned(), 1))
+                    .collect(),
+                max_instances: JOBS
+                    .iter()
+                    .zip(instances)
+                    .map(|(j, n)| ((*j).to_owned(), n))
+                    .collect(),
                 reachable,
             },
         )
@@ -182,7 +208,7 @@ proptest! {
         let by_name: HashMap<&str, &SidecarState> = sidecars.iter().map(|s| (s.name.as_str(), s)).collect();
         let by_task: HashMap<usize, &ReadyTask> = ready.iter().map(|t| (t.task, t)).collect();
         let mut per_sidecar: HashMap<&str, usize> = HashMap::new();
-        let mut jobs_on: HashSet<(&str, &str)> = HashSet::new();
+        let mut jobs_on: HashMap<(&str, &str), usize> = HashMap::new();
         let mut tasks_seen = HashSet::new();
         for p in &placed {
             let s = by_name[p.sidecar.as_str()];
@@ -191,8 +217,10 @@ proptest! {
             prop_assert!(s.reachable);
             prop_assert!(s.offers.contains(&t.job));
             prop_assert!(t.on.is_empty() || t.on.contains(&s.name));
-            prop_assert!(!s.running_jobs.contains(&t.job));
-            prop_assert!(jobs_on.insert((s.name.as_str(), t.job.as_str())), "same job twice on one sidecar");
+            let on_it = jobs_on.entry((s.name.as_str(), t.job.as_str())).or_default();
+            *on_it += 1;
+            prop_assert!(s.instances_running(&t.job) + *on_it <= s.instances_allowed(&t.job),
+                "job {} more often than its max_instances on {}", t.job, s.name);
             *per_sidecar.entry(&s.name).or_default() += 1;
         }
         for (name, n) in per_sidecar {

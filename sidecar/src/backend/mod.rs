@@ -161,6 +161,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// How many executions of `job` may run at once on this sidecar: 1 by default, SQL
+    /// Server Agent's rule (it refuses to start a job that is already running).
+    fn max_instances(&self, _job: &str) -> u32 {
+        1
+    }
+
     /// The parameters of `job` whose values may be written to the audit log: those it
     /// declares and does not mark secret. None by default (every value is redacted).
     fn loggable_params(&self, _job: &str) -> Vec<String> {

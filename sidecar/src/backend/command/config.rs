@@ -30,8 +30,20 @@ pub struct JobConfig {
     /// or prefixes ending in `*`, e.g. ["ORACLE_*"]); see `environment.rs`.
     #[serde(default)]
     pub inherit_env: Vec<String>,
+    /// How many executions of this job may run at once on this sidecar (each within the
+    /// sidecar's `slots`). Default 1, SQL Server Agent's rule; more for a job that is safe
+    /// to run side by side, e.g. one load per `PARTITION` parameter.
+    #[serde(default = "one_instance")]
+    pub max_instances: u32,
     #[serde(rename = "step", default)]
     pub steps: Vec<StepConfig>,
+}
+
+/// The most executions of one job that may run at once on one sidecar.
+pub const MAX_INSTANCES_LIMIT: u32 = 1024;
+
+fn one_instance() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -120,6 +132,12 @@ impl JobConfig {
                 "job `{job}` has no steps; add at least one [[job.step]]"
             ));
         }
+        if !(1..=MAX_INSTANCES_LIMIT).contains(&self.max_instances) {
+            return Err(format!(
+                "job `{job}`: max_instances = {} is out of range; use 1 to {MAX_INSTANCES_LIMIT}",
+                self.max_instances
+            ));
+        }
         for param in &self.params.names() {
             if param.is_empty() || param.contains(['=', '\0']) {
                 return Err(format!(
@@ -193,6 +211,7 @@ mod tests {
             working_dir: None,
             inherit_env: Vec::new(),
             env: BTreeMap::new(),
+            max_instances: 1,
             steps,
         }
     }
@@ -243,6 +262,12 @@ mod tests {
         secret.params =
             crate::backend::command::params::Params::List(vec!["USER".into(), "PASSWORD".into()]);
         assert_eq!(secret.validate(), Ok(()));
+        let mut none_at_once = job(&[("a", None)]);
+        none_at_once.max_instances = 0;
+        assert_eq!(
+            none_at_once.validate().unwrap_err(),
+            "job `j`: max_instances = 0 is out of range; use 1 to 1024"
+        );
         let mut no_program = job(&[("a", None)]);
         no_program.steps[0].run.clear();
         assert!(

@@ -11,7 +11,7 @@
 //!
 //! In the sidecar, executions run in a supervisor process each (`supervised_job` gives
 //! what it needs; see `crate::supervisor`), which drives them through `start` here.
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,8 +40,9 @@ pub struct CommandBackend {
     jobs: Vec<Arc<PreparedJob>>,
     stop_grace: Duration,
     max_step_runs: u32,
-    /// Jobs running now: a job never runs twice at once on one sidecar (as in SQL Server Agent).
-    running: Arc<Mutex<HashSet<String>>>,
+    /// Executions running now, per job: at most the job's `max_instances` (1 unless
+    /// configured, as in SQL Server Agent).
+    running: Arc<Mutex<HashMap<String, u32>>>,
     history: Arc<stats::DurationHistory>,
 }
 
@@ -121,6 +122,7 @@ impl CommandBackend {
             steps,
             stats: Some(self.history.stats(&config.name)),
             params: config.params.names(),
+            max_instances: config.max_instances,
         }
     }
 }
@@ -186,16 +188,21 @@ fn check_params(
     Ok(())
 }
 
-/// Marks a job as running until dropped.
+/// Counts one running execution of a job until dropped.
 struct RunningGuard {
-    running: Arc<Mutex<HashSet<String>>>,
+    running: Arc<Mutex<HashMap<String, u32>>>,
     job: String,
 }
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.remove(&self.job);
+        if let Some(n) = running.get_mut(&self.job) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.job);
+            }
+        }
     }
 }
 
@@ -211,6 +218,10 @@ impl Backend for CommandBackend {
 
     async fn list_jobs(&self) -> Result<Vec<proto::Job>, BackendError> {
         Ok(self.jobs.iter().map(|j| self.describe(j)).collect())
+    }
+
+    fn max_instances(&self, job: &str) -> u32 {
+        self.job(job).map_or(1, |job| job.config.max_instances)
     }
 
     fn loggable_params(&self, job: &str) -> Vec<String> {
@@ -240,9 +251,11 @@ impl Backend for CommandBackend {
         let job = self.runnable(&ctx.job, &ctx.params)?.clone();
         let guard = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            if !running.insert(job.config.name.clone()) {
+            let n = running.entry(job.config.name.clone()).or_default();
+            if *n >= job.config.max_instances {
                 return Err(BackendError::AlreadyRunning(job.config.name.clone()));
             }
+            *n += 1;
             RunningGuard {
                 running: Arc::clone(&self.running),
                 job: job.config.name.clone(),

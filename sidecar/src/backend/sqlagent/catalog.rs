@@ -87,6 +87,8 @@ pub fn to_proto(job: &JobDef, stats: proto::DurationStats) -> proto::Job {
             .collect(),
         stats: Some(stats),
         params: Vec::new(),
+        // SQL Server Agent refuses to start a job that is already running.
+        max_instances: 1,
     }
 }
 

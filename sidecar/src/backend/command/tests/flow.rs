@@ -184,6 +184,26 @@ async fn refuses_bad_starts() {
 }
 
 #[tokio::test]
+async fn a_job_runs_at_most_max_instances_at_once() {
+    let mut fan = job("fan", vec![sh_step("wait", "echo up; sleep 1000")]);
+    fan.max_instances = 2;
+    let backend = backend(vec![fan]);
+    let mut first = Recorder::start(&backend, "fan", &[]).await;
+    let mut second = Recorder::start(&backend, "fan", &[]).await;
+    first.until_log(|l| l.line == "up").await;
+    second.until_log(|l| l.line == "up").await;
+    let (_third, ctx) = Recorder::context("fan", &[]);
+    let err = backend.start(ctx).await.unwrap_err();
+    assert!(matches!(err, BackendError::AlreadyRunning(_)), "{err}");
+    assert_eq!(backend.list_jobs().await.unwrap()[0].max_instances, 2);
+    for run in [&mut first, &mut second] {
+        run.stop.cancel();
+    }
+    first.run_to_end().await;
+    second.run_to_end().await;
+}
+
+#[tokio::test]
 async fn a_job_never_runs_twice_at_once() {
     let backend = backend(vec![job("j", vec![sh_step("wait", "echo up; sleep 1000")])]);
     let mut first = Recorder::start(&backend, "j", &[]).await;

@@ -38,6 +38,7 @@ pub(super) fn job(name: &str, steps: Vec<StepConfig>) -> JobConfig {
         working_dir: None,
         inherit_env: Vec::new(),
         env: BTreeMap::new(),
+        max_instances: 1,
         steps,
     }
 }
