@@ -16,11 +16,13 @@
 //! ## Who does what
 //!
 //! - **The sidecar** writes `execution.json` (+ Accepted) and `job.json` durably, then spawns
-//!   `<program> supervise --execution-dir DIR` (`SupervisorCommand`: by default the running
+//!   `agentfleet-supervisor --execution-dir DIR` when that lean binary is installed beside
+//!   it, else `<program> supervise --execution-dir DIR` (`SupervisorCommand`: the running
 //!   binary itself, `sidecar` or `coordinator`, both of which offer the hidden `supervise`
-//!   entry). It then only reads: it polls the length of `events.pb` every 50 ms while the
-//!   execution runs (simple and portable; no `notify`), folds new events into the
-//!   execution's `Progress` (which wakes Watch streams and frees the slot on Finished).
+//!   entry). It then only reads: it reads `events.pb` when the supervisor says it grew (a
+//!   byte on the supervisor's stdout pipe) and polls its length as a fallback (see
+//!   `executions::supervised`), folds new events into the execution's `Progress` (which
+//!   wakes Watch streams and frees the slot on Finished).
 //! - **The supervisor** owns the execution: under its lock it checks that the journal holds
 //!   neither Started nor Finished (so it never runs a job twice), then runs the existing
 //!   command backend in-process (steps, retries, goto, timeouts, process groups) with the
@@ -85,12 +87,40 @@ pub struct SupervisorCommand {
     pub args: Vec<OsString>,
 }
 
+/// The lean supervisor binary's file name.
+#[cfg(windows)]
+pub const LEAN_BINARY: &str = "agentfleet-supervisor.exe";
+/// The lean supervisor binary's file name.
+#[cfg(not(windows))]
+pub const LEAN_BINARY: &str = "agentfleet-supervisor";
+
 impl SupervisorCommand {
-    /// The running binary's own `supervise` entry (`sidecar`, or `coordinator` for the
-    /// demo's in-process sidecars). Falls back to `sidecar` on the PATH when the running
-    /// binary cannot be found.
+    /// The lean `agentfleet-supervisor` binary when it is installed beside the running one
+    /// (it links only what a supervisor needs, so it starts faster and smaller than the
+    /// whole sidecar); otherwise the running binary's own `supervise` entry (`sidecar`, or
+    /// `coordinator` for the demo's in-process sidecars). Falls back to `sidecar` on the
+    /// PATH when the running binary cannot be found.
     pub fn this_program() -> Self {
-        Self::of(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sidecar")))
+        match std::env::current_exe() {
+            Ok(exe) => Self::beside(&exe),
+            Err(_) => Self::of("sidecar"),
+        }
+    }
+
+    /// The lean binary beside `exe` if there is one, else `exe supervise`.
+    fn beside(exe: &std::path::Path) -> Self {
+        match exe.parent().map(|dir| dir.join(LEAN_BINARY)) {
+            Some(lean) if lean.is_file() => Self::lean(lean),
+            _ => Self::of(exe),
+        }
+    }
+
+    /// The lean binary at `program`: `program --execution-dir DIR`.
+    pub fn lean(program: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+        }
     }
 
     /// `program supervise`: for a binary that offers the entry (e.g. tests naming the
@@ -148,5 +178,30 @@ pub fn main(args: &SuperviseArgs) -> u8 {
                 _ => 1,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lean_binary_beside_the_sidecar_is_preferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let sidecar = dir.path().join("sidecar");
+        std::fs::write(&sidecar, b"").unwrap();
+        assert_eq!(
+            SupervisorCommand::beside(&sidecar),
+            SupervisorCommand::of(&sidecar)
+        );
+        let lean = dir.path().join(LEAN_BINARY);
+        std::fs::write(&lean, b"").unwrap();
+        assert_eq!(
+            SupervisorCommand::beside(&sidecar),
+            SupervisorCommand {
+                program: lean,
+                args: Vec::new()
+            }
+        );
     }
 }

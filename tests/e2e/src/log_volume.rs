@@ -188,9 +188,11 @@ fn step_duration(env: &TestEnv) -> Option<Duration> {
 }
 
 /// True for a sidecar's per-execution `supervise` process (not the job's own processes).
+/// A supervisor (`agentfleet-supervisor --execution-dir DIR` or `sidecar supervise
+/// --execution-dir DIR`), not one of the job's own processes.
 fn is_supervisor(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"supervise"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"--execution-dir"))
 }
 
 /// Streams `coordinator logs last --task volume` line by line (the output is bigger than
