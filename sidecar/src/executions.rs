@@ -25,7 +25,9 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{Backend, BackendError, ExecutionContext};
 use crate::journal::{ExecutionRecord, Journal, JournalError, Progress, reader, writer};
 use crate::supervisor::SupervisorCommand;
+use admission::Admitted;
 
+mod admission;
 mod recovery;
 mod retention;
 mod supervised;
@@ -153,8 +155,14 @@ struct Inner {
     backends: Vec<Arc<dyn Backend>>,
     journal: Journal,
     supervisor: SupervisorCommand,
-    /// Serialises StartJob's check-and-insert (held across the backend routing await).
+    /// Serialises StartJob's admission: the checks and the slot's reservation (see
+    /// `admission.rs`); the journal is written after it.
     start_lock: tokio::sync::Mutex<()>,
+    /// Starts admitted whose journal is being written, by id.
+    pending: Mutex<HashMap<String, admission::Pending>>,
+    /// Held (read) by each start while its journal is written; shutdown takes it (write)
+    /// to wait for them.
+    creating: Arc<tokio::sync::RwLock<()>>,
     /// Short, non-async critical sections only.
     executions: Mutex<HashMap<String, Arc<Entry>>>,
     closing: AtomicBool,
@@ -211,6 +219,8 @@ impl Registry {
                 journal,
                 supervisor: settings.supervisor,
                 start_lock: tokio::sync::Mutex::new(()),
+                pending: Mutex::new(HashMap::new()),
+                creating: Arc::new(tokio::sync::RwLock::new(())),
                 executions: Mutex::new(HashMap::new()),
                 closing: AtomicBool::new(false),
                 watchers_stop: CancellationToken::new(),
@@ -276,25 +286,11 @@ impl Registry {
             return Err(RegistryError::ShuttingDown);
         }
         let backend = self.route(&req.job).await?;
-        let guard = self.inner.start_lock.lock().await;
-        // Again under the lock: the same id may have been started meanwhile.
-        if let Some(existing) = self.existing(&id, &req.job)? {
-            return Ok(existing);
-        }
-        if self.inner.closing.load(Ordering::SeqCst) {
-            return Err(RegistryError::ShuttingDown);
-        }
-        {
-            let map = self.map();
-            let running: Vec<&Arc<Entry>> = map.values().filter(|e| e.running()).collect();
-            let instances = running.iter().filter(|e| e.record.job == req.job).count();
-            if instances >= backend.max_instances(&req.job) as usize {
-                return Err(BackendError::AlreadyRunning(req.job).into());
-            }
-            if running.len() >= self.inner.slots as usize {
-                return Err(BackendError::SlotsBusy(self.inner.slots).into());
-            }
-        }
+        // Again, under the start lock: the same id may have been started meanwhile.
+        let (reservation, creating) = match self.admit(&id, &req.job, &backend).await? {
+            Admitted::Existing(existing) => return Self::answer_existing(&existing, &req.job),
+            Admitted::Reserved(reservation, creating) => (reservation, creating),
+        };
         let params = req.params.into_iter().collect();
         let supervised = backend.supervised_job(&req.job, &params);
         let record = ExecutionRecord {
@@ -320,8 +316,9 @@ impl Registry {
         }
         let entry = Arc::new(entry);
         self.map().insert(id.clone(), entry.clone());
-        // The slot is taken: later starts see this execution as running.
-        drop(guard);
+        // The execution holds its slot now: later starts see it as running.
+        drop(reservation);
+        drop(creating);
         tracing::info!(execution_id = %id, job = %req.job, backend = backend.kind(), run_id = %entry.record.run_id, task = %entry.record.task, supervised = entry.record.supervised, started_by = %entry.record.started_by, "starting job");
         match supervised {
             Some(job) => self.start_supervised(&entry, file, job).await,
@@ -381,9 +378,19 @@ impl Registry {
         id: &str,
         job: &str,
     ) -> Result<Option<(proto::Execution, bool)>, RegistryError> {
-        let Some(existing) = self.entry(id) else {
-            return Ok(None);
-        };
+        match self.entry(id) {
+            Some(existing) => Self::answer_existing(&existing, job).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The answer to a StartJob for `existing`: its state, or a conflict when the id was
+    /// used for another job.
+    fn answer_existing(
+        existing: &Entry,
+        job: &str,
+    ) -> Result<(proto::Execution, bool), RegistryError> {
+        let id = &existing.record.execution_id;
         if existing.record.job != job {
             return Err(RegistryError::IdConflict {
                 id: id.to_owned(),
@@ -391,7 +398,7 @@ impl Registry {
                 requested: job.to_owned(),
             });
         }
-        Ok(Some((existing.to_proto(), false)))
+        Ok((existing.to_proto(), false))
     }
 
     /// The backend offering `job`, or NotFound listing what is offered.
@@ -539,6 +546,7 @@ impl Registry {
         self.inner.closing.store(true, Ordering::SeqCst);
         // Let a start that is past its checks insert its execution, so it is handled too.
         drop(self.inner.start_lock.lock().await);
+        drop(self.inner.creating.write().await);
         let running: Vec<Arc<Entry>> = self
             .map()
             .values()

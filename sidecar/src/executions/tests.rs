@@ -408,3 +408,28 @@ async fn shutdown_stops_running_work_and_refuses_new() {
     let status = tonic::Status::from(reg.start(req(id("d2"), "b"), "tester").await.unwrap_err());
     assert_eq!(status.code(), tonic::Code::Unavailable);
 }
+
+#[tokio::test]
+async fn concurrent_starts_never_take_more_than_the_slots_or_run_a_job_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, backend) = registry(dir.path(), 2).await;
+    // Journals are written outside the start lock: admission must still count the starts
+    // whose journal is being written.
+    let calls = ["a", "a", "b", "c", "b", "c"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, job)| {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.start(req(id(&format!("c{i}")), job), "tester").await })
+        });
+    let results: Vec<_> = futures::future::join_all(calls).await;
+    let started = results
+        .into_iter()
+        .filter(|r| r.as_ref().unwrap().is_ok())
+        .count();
+    assert_eq!(started, 2, "exactly the two slots are used");
+    let d = reg.describe();
+    assert_eq!(d.running, 2);
+    assert_ne!(d.running_jobs[0], d.running_jobs[1], "{:?}", d.running_jobs);
+    assert_eq!(backend.starts(), 2);
+}
