@@ -799,3 +799,71 @@ async fn a_start_while_the_agent_is_down_says_so() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+/// Every catalogued query passes the stand-in's T-SQL check as written, and fails it with
+/// the error a real server gives once one of its msdb columns (or, for the procedure calls,
+/// a parameter) is renamed.
+#[test]
+fn the_standin_rejects_each_catalogued_query_with_a_renamed_column() {
+    use agentfleet_sidecar::backend::sqlagent::queries;
+    use sqlagent_standin::tsql;
+    for (name, text) in queries::ALL {
+        let report = tsql::check(text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert!(report.unchecked.is_empty(), "{name}: {report:?}");
+        eprintln!(
+            "{name}: {} columns, {} parameters checked; rewrites: {:?}",
+            report.columns.len(),
+            report.parameters.len(),
+            report.notes
+        );
+        if report.columns.is_empty() && report.parameters.is_empty() {
+            // Only built-in functions (HAS_PERMS_BY_NAME): nothing of msdb is named.
+            assert_eq!(*name, "object_permission", "{name} names no msdb column");
+            continue;
+        }
+        if let Some((_, column)) = report.columns.first() {
+            let mutated = rename_word(text, column, &format!("{column}_renamed"));
+            let e = tsql::check(&mutated).expect_err(&format!("{name}: renamed {column}"));
+            assert_eq!(e.number, 207, "{name}: {e:?}");
+            assert_eq!(
+                e.text,
+                format!("Invalid column name '{column}_renamed'."),
+                "{name}"
+            );
+        }
+        if let Some((procedure, param)) = report.parameters.first() {
+            let mutated = rename_word(text, &format!("{param} ="), &format!("{param}x ="));
+            let e = tsql::check(&mutated).expect_err(&format!("{name}: renamed {param}"));
+            let short = procedure.rsplit('.').next().unwrap();
+            assert_eq!(
+                (e.number, e.text.as_str()),
+                (
+                    8145,
+                    format!("{param}x is not a parameter for procedure {short}.").as_str()
+                ),
+                "{name}"
+            );
+        }
+    }
+}
+
+/// Replaces every whole-word occurrence of `from` (not a `@variable`) by `to`.
+fn rename_word(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while let Some(j) = text[i..].find(from).map(|j| j + i) {
+        let before = text[..j].chars().next_back();
+        let after = text[j + from.len()..].chars().next();
+        let wordy = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        out.push_str(&text[i..j]);
+        let var = before == Some('@') && !from.starts_with('@');
+        if wordy(before) || wordy(after) || var {
+            out.push_str(from);
+        } else {
+            out.push_str(to);
+        }
+        i = j + from.len();
+    }
+    out.push_str(&text[i..]);
+    out
+}

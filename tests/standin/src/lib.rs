@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod response;
 mod server;
 pub mod tds;
+pub mod tsql;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

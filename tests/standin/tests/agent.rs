@@ -456,3 +456,23 @@ fn every_catalogued_marker_is_served() {
         );
     }
 }
+
+/// A catalogued batch naming a column msdb does not have fails as a real server's would.
+#[tokio::test]
+async fn a_wrong_column_fails_the_batch_with_207() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    let e = c
+        .query(
+            "-- agentfleet:job_names\nSET NOCOUNT ON;\nSELECT j.nam FROM msdb.dbo.sysjobs_view AS j ORDER BY j.name;",
+            &[],
+        )
+        .await;
+    // tiberius reports an error that precedes every result set from `query` itself.
+    let e = match e {
+        Err(e) => e,
+        Ok(stream) => stream.into_results().await.expect_err("an error"),
+    };
+    assert_eq!(e.code(), Some(207));
+    assert!(e.to_string().contains("Invalid column name 'nam'."), "{e}");
+}

@@ -1,6 +1,7 @@
-//! Request dispatch. The stand-in does not parse T-SQL: it recognises agentfleet's catalogued
-//! queries by their first-line marker `-- agentfleet:<name>`, reads their parameters by name
-//! and answers from the simulated msdb. Anything else gets a clear error, never a hang.
+//! Request dispatch. The stand-in recognises agentfleet's catalogued queries by their
+//! first-line marker `-- agentfleet:<name>`, checks their text against msdb's schema
+//! (`tsql`: unknown columns, parameters, objects fail as on a real server), reads their
+//! parameters by name and answers from the simulated msdb. Anything else gets a clear error, never a hang.
 
 mod catalog;
 pub mod objects;
@@ -101,6 +102,10 @@ pub fn handle(agent: &Agent, conn: &ConnInfo, req: &Request) -> Reply {
     let p = Params::new(&req.params);
     let first = req.text.trim_start().lines().next().unwrap_or("").trim();
     if let Some(name) = first.strip_prefix("-- agentfleet:") {
+        // Compiled like a real server would: a wrong column or parameter fails the batch.
+        if let Err(e) = crate::tsql::check_cached(&req.text) {
+            return Reply::error(e);
+        }
         if let Some(object) = objects::first_denied(&req.text, |o| conn.caller.may_use(o)) {
             return Reply::error(objects::permission_denied(&object));
         }
