@@ -2,7 +2,7 @@
 //!
 //! This simulates behaviour described for real SQL Server Agent (request latency, one running
 //! instance per job, history rows written when steps and jobs finish, sessions per Agent start).
-//! It is a test stand-in: it cannot tell whether T-SQL would be valid on a real server.
+//! It is a test stand-in: the T-SQL check (`crate::tsql`) covers names, not semantics.
 
 pub mod clock;
 pub mod errors;
