@@ -54,6 +54,29 @@ name = "ETL - Long"
 [[job.step]]
 name = "wait"
 duration = "until_stopped"
+
+[[job]]
+name = "ETL - Slow Pair"
+[[job.step]]
+name = "first"
+duration = "1500ms"
+on_success = "next"
+[[job.step]]
+name = "second"
+duration = "1500ms"
+
+[[job]]
+name = "ETL - One Second"
+[[job.step]]
+name = "only"
+duration = "1s"
+
+# No SELECT on tables the poll and the catalogue read (only what the old check looked at).
+[[login]]
+user = "limited"
+password = "s3cret"
+role = "operator"
+deny = ["msdb.dbo.sysjobs", "msdb.dbo.syscategories"]
 "#;
 
 async fn standin() -> Standin {
@@ -67,8 +90,12 @@ async fn standin() -> Standin {
 }
 
 fn config(addr: std::net::SocketAddr, pw_file: &Path) -> SqlAgentConfig {
+    config_for("agentfleet", addr, pw_file)
+}
+
+fn config_for(user: &str, addr: std::net::SocketAddr, pw_file: &Path) -> SqlAgentConfig {
     let text = format!(
-        "server = \"tcp:127.0.0.1,{}\"\nuser = \"agentfleet\"\npassword_file = \"{}\"\ntrust_server_certificate = true\npoll_interval = \"200ms\"\n",
+        "server = \"tcp:127.0.0.1,{}\"\nuser = \"{user}\"\npassword_file = \"{}\"\ntrust_server_certificate = true\npoll_interval = \"200ms\"\n",
         addr.port(),
         pw_file.display().to_string().replace('\\', "\\\\")
     );
@@ -559,4 +586,284 @@ async fn real_sql_server_start_and_follow() {
     backend.start(c).await.unwrap();
     let (kinds, _) = until_finished(&mut rx).await;
     assert!(matches!(kinds[0], Kind::Started(_)));
+}
+
+fn step_starts(kinds: &[Kind]) -> Vec<(u32, u32)> {
+    kinds
+        .iter()
+        .filter_map(|k| match k {
+            Kind::StepStarted(s) => Some((s.step_id, s.attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `f` holds; panics with `what` otherwise.
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Collects events until a StepStarted (the run is under way).
+async fn until_step_started(rx: &mut mpsc::Receiver<SinkMsg>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("no StepStarted within 30s")
+            .expect("sink closed");
+        let msgs = match msg {
+            SinkMsg::Group(m) => m,
+            other => vec![other],
+        };
+        if msgs.iter().any(|m| {
+            matches!(
+                m,
+                SinkMsg::Event {
+                    kind: Kind::StepStarted(_),
+                    ..
+                }
+            )
+        }) {
+            return;
+        }
+    }
+}
+
+/// `xp_sqlagent_enum_jobs` lagging the history insert: after step 1's row, the live view
+/// still shows step 1 running for a while. The run shows each step started once.
+#[tokio::test]
+async fn a_lagging_live_view_does_not_reopen_a_finished_step() {
+    let s = standin().await;
+    s.agent().set_live_lag(Duration::from_secs(1));
+    let h = harness(&s).await;
+    let (c, mut rx, _stop) = ctx("lag1", "ETL - Slow Pair");
+    h.backend.start(c).await.unwrap();
+    let (kinds, _) = until_finished(&mut rx).await;
+    assert_eq!(step_starts(&kinds), vec![(1, 1), (2, 1)], "{kinds:?}");
+    assert_eq!(step_statuses(&kinds), vec![(1, 1, 1), (2, 1, 1)]);
+    assert_eq!(outcome(&kinds), proto::Outcome::Succeeded);
+}
+
+/// The Agent stops while a run is followed: `xp_sqlagent_enum_jobs` raises 22022, which
+/// escapes the poll's TRY/CATCH and fails every poll. The poller falls back to history-only
+/// polls and reports the run's real (canceled) outcome instead of LOST minutes later.
+#[tokio::test]
+async fn an_escaping_enum_jobs_error_falls_back_to_history_polls() {
+    let s = standin().await;
+    let h = harness(&s).await;
+    let (c, mut rx, _stop) = ctx("down1", "ETL - Long");
+    h.backend.start(c).await.unwrap();
+    until_step_started(&mut rx).await;
+    s.stop_agent(StopMode::Graceful);
+    let (kinds, _) = until_finished(&mut rx).await;
+    assert_eq!(outcome(&kinds), proto::Outcome::Canceled, "{kinds:?}");
+}
+
+/// A stop that reaches the Agent after the job ended (the poll had not seen the outcome
+/// yet): `sp_stop_job` is refused with a 22022 that escapes the batch; the sidecar says
+/// the job is not running and reports the real outcome.
+#[tokio::test]
+async fn a_stop_refused_as_not_running_is_recognised_when_it_escapes() {
+    let s = standin().await;
+    let h = harness(&s).await;
+    let job_id = s.agent().job_id("ETL - One Second").unwrap();
+    let (c, mut rx, stop) = ctx("late-stop", "ETL - One Second");
+    h.backend.start(c).await.unwrap();
+    // Polls now time out behind the history lock until the job has ended at the Agent.
+    s.agent().history_lock.hold();
+    wait_until("the job's outcome row", || {
+        s.agent().history(job_id).iter().any(|r| r.step_id == 0)
+    })
+    .await;
+    stop.cancel();
+    wait_until("the stop request", || {
+        s.requests()
+            .iter()
+            .any(|r| r.marker.as_deref() == Some("stop_job"))
+    })
+    .await;
+    s.agent().history_lock.release();
+    let (kinds, lines) = until_finished(&mut rx).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("SQL Server Agent says the job is not running")),
+        "{lines:?}"
+    );
+    assert_eq!(outcome(&kinds), proto::Outcome::Succeeded);
+}
+
+/// `sidecar check` checks every object the catalogued queries touch: a login without
+/// SELECT on `sysjobs` (poll) and `syscategories` (list_jobs, resolve_job) fails it.
+#[tokio::test]
+async fn check_reports_every_object_the_queries_need() {
+    let s = standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let items =
+        agentfleet_sidecar::backend::sqlagent::check(&config_for("limited", s.addr(), &pw)).await;
+    let failed: Vec<String> = items
+        .iter()
+        .filter(|i| i.status == agentfleet_sidecar::backend::sqlagent::CheckStatus::Fail)
+        .map(|i| format!("{}: {}", i.name, i.detail))
+        .collect();
+    let text = failed.join("\n");
+    assert!(text.contains("SELECT on msdb.dbo.sysjobs "), "{items:?}");
+    assert!(
+        text.contains("SELECT on msdb.dbo.syscategories"),
+        "{items:?}"
+    );
+    // What the check predicts is what happens: listing the jobs fails with 229.
+    let backend = SqlAgentBackend::connect(&config_for("limited", s.addr(), &pw), dir.path())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            backend.list_jobs().await,
+            Err(BackendError::PermissionDenied(_))
+        ),
+        "list_jobs without SELECT on syscategories"
+    );
+    // The sysadmin login passes, and msdb's compatibility level is reported.
+    let items = agentfleet_sidecar::backend::sqlagent::check(&config(s.addr(), &pw)).await;
+    assert!(
+        items
+            .iter()
+            .all(|i| i.status != agentfleet_sidecar::backend::sqlagent::CheckStatus::Fail),
+        "{items:?}"
+    );
+    assert!(
+        items
+            .iter()
+            .any(|i| i.name == "sqlagent msdb compatibility" && i.detail.contains("160")),
+        "{items:?}"
+    );
+}
+
+/// The history row limiter holds `sysjobhistory` (TABLOCKX) just as the start batch reads
+/// its watermark: the batch times out (1222) *before* `sp_start_job`, is sent again once
+/// the lock is gone, and the job runs exactly once.
+#[tokio::test]
+async fn a_start_behind_the_history_lock_is_retried_and_runs_once() {
+    let s = standin().await;
+    let h = harness(&s).await;
+    let job_id = s.agent().job_id("ETL - Multi").unwrap();
+    // The probe reads history freely; the start batch meets the lock.
+    s.agent().history_lock.hold_after(1);
+    let backend = std::sync::Arc::new(h.backend);
+    let (c, mut rx, _stop) = ctx("locked1", "ETL - Multi");
+    let b = backend.clone();
+    let start = tokio::spawn(async move { b.start(c).await });
+    wait_until("a lock timeout", || s.agent().history_lock.timeouts() > 0).await;
+    s.agent().history_lock.release();
+    start.await.unwrap().unwrap();
+    let (kinds, _) = until_finished(&mut rx).await;
+    assert_eq!(outcome(&kinds), proto::Outcome::Succeeded);
+    let runs = s
+        .agent()
+        .history(job_id)
+        .iter()
+        .filter(|r| r.step_id == 0)
+        .count();
+    assert_eq!(runs, 1, "sp_start_job ran more than once");
+}
+
+/// The Agent crashed while a job ran: the newest session's activity row still says
+/// "running". A start then says the Agent is not running, not "already running".
+#[tokio::test]
+async fn a_start_while_the_agent_is_down_says_so() {
+    let s = standin().await;
+    let h = harness(&s).await;
+    let job_id = s.agent().job_id("ETL - Long").unwrap();
+    let (c, _rx, _stop) = ctx("ghost1", "ETL - Long");
+    h.backend.start(c).await.unwrap();
+    wait_until("the run to begin", || {
+        s.agent()
+            .activity(job_id)
+            .is_some_and(|a| a.start_execution_date.is_some())
+    })
+    .await;
+    s.stop_agent(StopMode::Crash);
+    // Another sidecar (or this one after a restart) tries to start the job.
+    let h2 = harness(&s).await;
+    let (c, _rx2, _s2) = ctx("ghost2", "ETL - Long");
+    match h2.backend.start(c).await {
+        Err(BackendError::Unavailable(m)) => {
+            assert!(m.contains("SQL Server Agent is not running"), "{m}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+/// Every catalogued query passes the stand-in's T-SQL check as written, and fails it with
+/// the error a real server gives once one of its msdb columns (or, for the procedure calls,
+/// a parameter) is renamed.
+#[test]
+fn the_standin_rejects_each_catalogued_query_with_a_renamed_column() {
+    use agentfleet_sidecar::backend::sqlagent::queries;
+    use sqlagent_standin::tsql;
+    for (name, text) in queries::ALL {
+        let report = tsql::check(text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert!(report.unchecked.is_empty(), "{name}: {report:?}");
+        eprintln!(
+            "{name}: {} columns, {} parameters checked; rewrites: {:?}",
+            report.columns.len(),
+            report.parameters.len(),
+            report.notes
+        );
+        if report.columns.is_empty() && report.parameters.is_empty() {
+            // Only built-in functions (HAS_PERMS_BY_NAME): nothing of msdb is named.
+            assert_eq!(*name, "object_permission", "{name} names no msdb column");
+            continue;
+        }
+        if let Some((_, column)) = report.columns.first() {
+            let mutated = rename_word(text, column, &format!("{column}_renamed"));
+            let e = tsql::check(&mutated).expect_err(&format!("{name}: renamed {column}"));
+            assert_eq!(e.number, 207, "{name}: {e:?}");
+            assert_eq!(
+                e.text,
+                format!("Invalid column name '{column}_renamed'."),
+                "{name}"
+            );
+        }
+        if let Some((procedure, param)) = report.parameters.first() {
+            let mutated = rename_word(text, &format!("{param} ="), &format!("{param}x ="));
+            let e = tsql::check(&mutated).expect_err(&format!("{name}: renamed {param}"));
+            let short = procedure.rsplit('.').next().unwrap();
+            assert_eq!(
+                (e.number, e.text.as_str()),
+                (
+                    8145,
+                    format!("{param}x is not a parameter for procedure {short}.").as_str()
+                ),
+                "{name}"
+            );
+        }
+    }
+}
+
+/// Replaces every whole-word occurrence of `from` (not a `@variable`) by `to`.
+fn rename_word(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while let Some(j) = text[i..].find(from).map(|j| j + i) {
+        let before = text[..j].chars().next_back();
+        let after = text[j + from.len()..].chars().next();
+        let wordy = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        out.push_str(&text[i..j]);
+        let var = before == Some('@') && !from.starts_with('@');
+        if wordy(before) || wordy(after) || var {
+            out.push_str(from);
+        } else {
+            out.push_str(to);
+        }
+        i = j + from.len();
+    }
+    out.push_str(&text[i..]);
+    out
 }

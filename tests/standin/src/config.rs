@@ -47,6 +47,16 @@ pub struct LoginConfig {
     pub read_sessions: Option<bool>,
     #[serde(default)]
     pub enum_jobs: Option<bool>,
+    /// What `NT_CLIENT()` returns for this login (a Windows login's name as Windows reports
+    /// it, e.g. `CONTOSO\svc_sidecar` in another case than the stored login). The Agent
+    /// records `ISNULL(NT_CLIENT(), SUSER_SNAME())` as the requester of a start.
+    #[serde(default)]
+    pub nt_client: Option<String>,
+    /// Objects the login has no SELECT/EXECUTE on, as three-part names
+    /// (`msdb.dbo.sysjobs`): a batch that reads one fails with 229, and
+    /// `HAS_PERMS_BY_NAME` answers 0 for it.
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,8 +82,17 @@ pub struct AgentConfig {
     pub stop_latency: Duration,
     /// EXECUTE denied on `xp_sqlagent_notify` (error 229, as on Managed Instance).
     pub execute_denied: bool,
-    /// When true, errors of sp_start_job/sp_stop_job escape the batch's TRY/CATCH as ERROR tokens.
+    /// Errors raised inside an extended procedure — 22022 from `xp_sqlagent_notify` (start
+    /// and stop) and from `xp_sqlagent_enum_jobs` (poll) — escape the batch's TRY/CATCH as
+    /// ERROR tokens (what the field reports; the default). `false`: they are caught like
+    /// msdb's own T-SQL errors (14262, 14393, …), which always are.
     pub errors_escape_catch: bool,
+    /// How far `xp_sqlagent_enum_jobs` lags the Agent: it reports the live state as it was
+    /// this long ago, so right after a step's history row it can still show that step.
+    #[serde(with = "humantime_serde_compat")]
+    pub live_lag: Duration,
+    /// `sys.databases.compatibility_level` of msdb (the poll's OPENJSON needs 130+).
+    pub msdb_compatibility_level: i32,
     pub history_max_rows: usize,
     pub history_max_rows_per_job: usize,
 }
@@ -91,7 +110,9 @@ impl Default for AgentConfig {
             request_latency: Duration::from_millis(10),
             stop_latency: Duration::from_millis(20),
             execute_denied: false,
-            errors_escape_catch: false,
+            errors_escape_catch: true,
+            live_lag: Duration::ZERO,
+            msdb_compatibility_level: 160,
             history_max_rows: 1000,
             history_max_rows_per_job: 100,
         }

@@ -5,8 +5,10 @@
 //! msdb that behaves like SQL Server Agent: asynchronous starts, one running instance per job,
 //! history rows at step and job end, sessions per Agent start, 22022/14262/14258/14393/229.
 //!
-//! It is **not SQL Server**: it does not parse T-SQL, so passing tests against it cannot prove
-//! that a query is valid on a real server. Free-form SQL gets a clear error.
+//! It is **not SQL Server**: it checks each catalogued batch with a T-SQL grammar against a
+//! schema fixture of msdb / master (`tsql`: unknown columns, parameters, objects), but types,
+//! conversions and built-in function semantics only a real server can check. Free-form SQL
+//! gets a clear error.
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +19,7 @@ pub mod dispatch;
 pub mod response;
 mod server;
 pub mod tds;
+pub mod tsql;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

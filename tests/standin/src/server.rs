@@ -268,6 +268,9 @@ async fn request<W: AsyncWrite + Unpin>(
             match shared.take_failure() {
                 Some(FailMode::Disconnect) => return Ok(false),
                 Some(FailMode::Error(e)) => Reply::error(e),
+                None if !dispatch::wait_history_lock(&shared.agent, &req).await => {
+                    dispatch::lock_timeout_reply(&shared.agent, info, &req)
+                }
                 None => dispatch::handle(&shared.agent, info, &req),
             }
         }

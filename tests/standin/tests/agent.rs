@@ -154,6 +154,20 @@ async fn double_start_and_unknown_job() {
     let mut c = connect(&s).await;
     let job = s.agent().job_id("Forever").unwrap();
     assert_eq!(start(&mut c, job).await.get::<i32, _>("rc"), Some(0));
+    // By default the Agent's 22022 (raised inside xp_sqlagent_notify) escapes TRY/CATCH
+    // and fails the whole request.
+    let e = c
+        .query("-- agentfleet:start_job", &[&job])
+        .await
+        .unwrap()
+        .into_results()
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Some(22022));
+    assert!(e.to_string().contains("refused because the job"), "{e}");
+    // The variation: it is caught and returned as columns.
+    s.agent().set_errors_escape_catch(false);
     let r = start(&mut c, job).await;
     assert_eq!(r.get::<i32, _>("rc"), None);
     assert_eq!(err_number(&r), Some(22022));
@@ -170,17 +184,9 @@ async fn double_start_and_unknown_job() {
     let r = stop(&mut c, unknown).await;
     assert_eq!(err_number(&r), Some(14262));
 
-    // With errors escaping TRY/CATCH they arrive as ERROR tokens instead.
+    // msdb's own errors are caught whatever the setting.
     s.agent().set_errors_escape_catch(true);
-    let e = c
-        .query("-- agentfleet:start_job", &[&job])
-        .await
-        .unwrap()
-        .into_results()
-        .await
-        .err()
-        .unwrap();
-    assert_eq!(e.code(), Some(22022));
+    assert_eq!(err_number(&start(&mut c, unknown).await), Some(14262));
 }
 
 #[tokio::test]
@@ -245,6 +251,8 @@ async fn stop_job_ends_as_canceled() {
     let s = standin().await;
     let mut c = connect(&s).await;
     let job = s.agent().job_id("Forever").unwrap();
+    // The caught variation of the Agent's 22022 (by default it escapes TRY/CATCH).
+    s.agent().set_errors_escape_catch(false);
     let r = stop(&mut c, job).await;
     assert_eq!(err_number(&r), Some(22022));
     assert!(
@@ -338,6 +346,8 @@ async fn agent_down_starting_and_permissions() {
     let mut c = connect(&s).await;
     let job = s.agent().job_id("Quick").unwrap();
     s.stop_agent(StopMode::Crash);
+    // The caught variation of the Agent's 22022 (by default it escapes TRY/CATCH).
+    s.agent().set_errors_escape_catch(false);
     let r = start(&mut c, job).await;
     assert_eq!(err_number(&r), Some(22022));
     assert_eq!(
@@ -445,4 +455,24 @@ fn every_catalogued_marker_is_served() {
             "marker {name:?} is not served"
         );
     }
+}
+
+/// A catalogued batch naming a column msdb does not have fails as a real server's would.
+#[tokio::test]
+async fn a_wrong_column_fails_the_batch_with_207() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    let e = c
+        .query(
+            "-- agentfleet:job_names\nSET NOCOUNT ON;\nSELECT j.nam FROM msdb.dbo.sysjobs_view AS j ORDER BY j.name;",
+            &[],
+        )
+        .await;
+    // tiberius reports an error that precedes every result set from `query` itself.
+    let e = match e {
+        Err(e) => e,
+        Ok(stream) => stream.into_results().await.expect_err("an error"),
+    };
+    assert_eq!(e.code(), Some(207));
+    assert!(e.to_string().contains("Invalid column name 'nam'."), "{e}");
 }

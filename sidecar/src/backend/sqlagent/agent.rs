@@ -33,6 +33,11 @@ use crate::backend::{Backend, BackendError, ExecutionContext};
 
 /// How long to look for a run whose start reply was lost before starting again.
 const RECONCILE_GRACE: Duration = Duration::from_secs(30);
+/// A read that timed out (1222) behind the history row limiter's `TABLOCKX` is repeated
+/// this many times, this far apart (the limiter holds its lock for moments; each attempt
+/// already waited `SET LOCK_TIMEOUT` for it).
+const LOCK_RETRIES: u32 = 5;
+const LOCK_RETRY_DELAY: Duration = Duration::from_millis(250);
 const TIME_FMT: &str = "%Y-%m-%d %H:%M:%S";
 
 pub struct SqlAgentBackend {
@@ -98,12 +103,53 @@ impl SqlAgentBackend {
     }
 
     /// A read on the control connection. Reads are safe to repeat, so one broken (stale)
-    /// connection is retried once on a fresh one. `start_job` never goes through here.
+    /// connection is retried once on a fresh one, and a lock timeout (1222) behind the
+    /// history row limiter a few times. `start_job` never goes through here.
     async fn query(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Vec<Row>>, BackendError> {
-        let mut conn = self.control.lock().await;
-        match conn.query(sql, params).await {
-            Err(SqlError::Connection(_)) => conn.query(sql, params).await.map_err(sql_to_backend),
-            other => other.map_err(sql_to_backend),
+        let mut attempt = 0;
+        loop {
+            let result = {
+                let mut conn = self.control.lock().await;
+                match conn.query(sql, params).await {
+                    Err(SqlError::Connection(_)) => conn.query(sql, params).await,
+                    other => other,
+                }
+            };
+            match result {
+                Err(SqlError::Server { number: 1222, .. }) if attempt < LOCK_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(LOCK_RETRY_DELAY).await;
+                }
+                other => return other.map_err(sql_to_backend),
+            }
+        }
+    }
+
+    /// The start batch. A lock timeout on its watermark read (1222 with `rc` NULL) means
+    /// `sp_start_job` was not called, so the batch is sent again; nothing else is repeated.
+    async fn start_batch(&self, job_id: Uuid) -> Result<Vec<Vec<Row>>, SqlError> {
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .control
+                .lock()
+                .await
+                .query(queries::START_JOB, &[&job_id])
+                .await;
+            if let Ok(sets) = &result {
+                let r = sets
+                    .first()
+                    .and_then(|s| s.first())
+                    .map(ProcResult::from_row)
+                    .unwrap_or_default();
+                if r.err_number == Some(1222) && r.rc.is_none() && attempt < LOCK_RETRIES {
+                    attempt += 1;
+                    tracing::info!(%job_id, attempt, "the start batch's watermark read timed out behind the history row limiter; sp_start_job was not called, sending it again");
+                    tokio::time::sleep(LOCK_RETRY_DELAY).await;
+                    continue;
+                }
+            }
+            return result;
         }
     }
 
@@ -183,10 +229,24 @@ impl SqlAgentBackend {
             .and_then(|s| s.first())
             .ok_or_else(|| BackendError::Internal("start_probe returned no row".into()))?;
         if rows::int(probe, "running").unwrap_or(0) != 0 {
-            return Err(BackendError::AlreadyRunning(format!(
-                "{} (started outside this sidecar)",
-                job.name
-            )));
+            match rows::int(probe, "agent_connected") {
+                // The newest session's row of an Agent that is down: a ghost, not a run.
+                Some(0) => {
+                    return Err(BackendError::Unavailable(format!(
+                        "SQL Server Agent is not running on this server (the service is stopped); start the SQL Server Agent service and retry `{}`",
+                        job.name
+                    )));
+                }
+                Some(_) => {
+                    return Err(BackendError::AlreadyRunning(format!(
+                        "{} (started outside this sidecar)",
+                        job.name
+                    )));
+                }
+                // Without VIEW SERVER STATE a ghost cannot be told from a run: the Agent
+                // decides (sp_start_job refuses a running job with 22022).
+                None => {}
+            }
         }
         let mut entry = Entry {
             execution_id: ctx.execution_id.clone(),
@@ -217,12 +277,7 @@ impl SqlAgentBackend {
             this.busy.lock().expect("busy lock").remove(&job.job_id);
             (n, msg)
         };
-        let outcome = self
-            .control
-            .lock()
-            .await
-            .query(queries::START_JOB, &[&job.job_id])
-            .await;
+        let outcome = self.start_batch(job.job_id).await;
         let (n, msg) = match outcome {
             Ok(sets) => {
                 let r = sets
@@ -350,8 +405,10 @@ impl SqlAgentBackend {
                 live_running_for_us: live.is_some_and(|l| {
                     l.running
                         && l.request_source == 4
-                        && l.request_source_id.is_some()
-                        && l.request_source_id == login
+                        && l.request_source_id
+                            .as_deref()
+                            .zip(login.as_deref())
+                            .is_some_and(|(r, l)| same_requester(r, l))
                 }),
             };
             match ledger::reconcile(
@@ -467,6 +524,25 @@ fn journal_behind(entry: &Entry, ctx: &ExecutionContext) -> bool {
     })
 }
 
+/// Whether the requester the Agent recorded for a run is the sidecar's login.
+/// `sp_sqlagent_notify` records `ISNULL(NT_CLIENT(), SUSER_SNAME())` while the ledger holds
+/// `SUSER_SNAME()`: for a Windows login the two can differ in case (names compare
+/// case-insensitively on a server) and one may carry the domain (`DOMAIN\user`,
+/// `user@domain`) where the other does not. Both forms are accepted.
+fn same_requester(recorded: &str, login: &str) -> bool {
+    let norm = |s: &str| s.trim().to_lowercase();
+    let (r, l) = (norm(recorded), norm(login));
+    if r == l {
+        return true;
+    }
+    let bare = |s: &str| {
+        let s = s.rsplit('\\').next().unwrap_or(s);
+        s.split('@').next().unwrap_or(s).to_string()
+    };
+    let qualified = |s: &str| s.contains('\\') || s.contains('@');
+    qualified(&r) != qualified(&l) && !bare(&r).is_empty() && bare(&r) == bare(&l)
+}
+
 fn parse_time(t: &Option<String>) -> Option<NaiveDateTime> {
     t.as_deref()
         .and_then(|t| NaiveDateTime::parse_from_str(t, TIME_FMT).ok())
@@ -481,6 +557,9 @@ pub(crate) fn sql_to_backend(e: SqlError) -> BackendError {
         } => BackendError::PermissionDenied(format!(
             "the sidecar's SQL login lacks a permission ({message}); grant SELECT on the msdb job tables and SQLAgentOperatorRole"
         )),
+        SqlError::Server { number: 1222, .. } => BackendError::Unavailable(
+            "msdb's job history stayed locked (the history row limiter holds TABLOCKX while a job finishes); retry".into(),
+        ),
         SqlError::Server {
             number, message, ..
         } => BackendError::Internal(format!("SQL Server error {number}: {message}")),
@@ -569,5 +648,28 @@ impl Backend for SqlAgentBackend {
         }
         let job = self.resolve_one(&ctx.job).await?;
         self.fresh_start(job, ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_requester;
+
+    #[test]
+    fn the_recorded_requester_matches_the_login_in_either_form() {
+        assert!(same_requester("agentfleet", "agentfleet"));
+        assert!(same_requester(
+            "CONTOSO\\SVC_Sidecar",
+            "contoso\\svc_sidecar"
+        ));
+        assert!(same_requester("svc_sidecar", "CONTOSO\\svc_sidecar"));
+        assert!(same_requester("CONTOSO\\svc_sidecar", "svc_sidecar"));
+        assert!(same_requester("svc_sidecar@contoso.com", "svc_sidecar"));
+        assert!(!same_requester("CONTOSO\\someone", "CONTOSO\\svc_sidecar"));
+        assert!(!same_requester(
+            "OTHER\\svc_sidecar",
+            "CONTOSO\\svc_sidecar"
+        ));
+        assert!(!same_requester("sa", "agentfleet"));
     }
 }

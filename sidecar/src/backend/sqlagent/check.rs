@@ -148,25 +148,17 @@ pub async fn check(cfg: &SqlAgentConfig) -> Vec<CheckItem> {
                 } else {
                     out.push(item("permissions", Fail, "the login can start only jobs it owns: add it to the msdb role SQLAgentOperatorRole"));
                 }
-                let missing: Vec<&str> = [
-                    ("can_read_jobs", "SELECT on msdb.dbo.sysjobs_view"),
-                    ("can_read_steps", "SELECT on msdb.dbo.sysjobsteps"),
-                    ("can_read_history", "SELECT on msdb.dbo.sysjobhistory"),
-                    ("can_read_activity", "SELECT on msdb.dbo.sysjobactivity"),
-                ]
-                .into_iter()
-                .filter(|(c, _)| !has(c))
-                .map(|(_, what)| what)
-                .collect();
-                if !missing.is_empty() {
-                    out.push(item(
-                        "table access",
-                        Fail,
-                        format!("grant {}", missing.join(", ")),
-                    ));
-                }
                 if !has("can_enum_jobs") {
-                    out.push(item("live step", Warn, "no EXECUTE on master.dbo.xp_sqlagent_enum_jobs: the running step is inferred from the step flow"));
+                    out.push(item("live step", Warn, "no EXECUTE on master.dbo.xp_sqlagent_enum_jobs (or it is not visible to the login): the running step is inferred from the step flow"));
+                }
+                match rows::int(p, "msdb_compatibility_level") {
+                    Some(level) if level < 130 => out.push(item(
+                        "msdb compatibility",
+                        Fail,
+                        format!("msdb has compatibility level {level}; the poll uses OPENJSON, which needs 130 or more (ALTER DATABASE msdb SET COMPATIBILITY_LEVEL = 130)"),
+                    )),
+                    Some(level) => out.push(item("msdb compatibility", Pass, format!("level {level}"))),
+                    None => out.push(item("msdb compatibility", Warn, "cannot read msdb's compatibility level (the poll needs 130 or more)")),
                 }
             }
         }
@@ -176,6 +168,7 @@ pub async fn check(cfg: &SqlAgentConfig) -> Vec<CheckItem> {
             format!("could not read permissions: {e}"),
         )),
     }
+    out.push(object_access(&mut conn).await);
 
     match conn.query(queries::JOB_NAMES, &[]).await {
         Ok(sets) => {
@@ -197,4 +190,64 @@ pub async fn check(cfg: &SqlAgentConfig) -> Vec<CheckItem> {
         Err(e) => out.push(item("jobs", Fail, format!("cannot list jobs: {e}"))),
     }
     out
+}
+
+/// One item for every object the catalogued queries touch (derived from the texts by
+/// `queries::objects`): the ones the login lacks, required ones failing the check.
+async fn object_access(conn: &mut Conn) -> CheckItem {
+    let (mut missing, mut degraded) = (Vec::new(), Vec::new());
+    for o in queries::objects() {
+        let granted = match conn
+            .query(queries::OBJECT_PERMISSION, &[&o.object, &o.permission])
+            .await
+        {
+            Ok(sets) => {
+                sets.first()
+                    .and_then(|s| s.first())
+                    .and_then(|r| rows::int(r, "granted"))
+                    .unwrap_or(0)
+                    != 0
+            }
+            Err(e) => {
+                return item(
+                    "object access",
+                    CheckStatus::Warn,
+                    format!("could not check the grants: {e}"),
+                );
+            }
+        };
+        if !granted {
+            let what = format!("{} on {}", o.permission, o.object);
+            if o.optional {
+                degraded.push(what);
+            } else {
+                missing.push(what);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        item(
+            "object access",
+            CheckStatus::Fail,
+            format!(
+                "grant {} (every poll or start would fail with error 229 otherwise)",
+                missing.join(", ")
+            ),
+        )
+    } else if !degraded.is_empty() {
+        item(
+            "object access",
+            CheckStatus::Ok,
+            format!(
+                "every object the queries need; optional and missing: {}",
+                degraded.join(", ")
+            ),
+        )
+    } else {
+        item(
+            "object access",
+            CheckStatus::Ok,
+            "every object the queries touch",
+        )
+    }
 }

@@ -38,6 +38,10 @@ pub const STOP_BOUND: Duration = Duration::from_secs(60);
 const STOP_REPEAT: Duration = Duration::from_secs(15);
 /// Without a successful poll for this long, tracked executions end as LOST.
 pub const LOST_AFTER: Duration = Duration::from_secs(300);
+/// After this many polls in a row fail with a server error (not a lock timeout), the poll
+/// stops asking `xp_sqlagent_enum_jobs`: an error raised inside it (22022 while the Agent
+/// is stopped) escapes the batch's TRY/CATCH and would otherwise fail every tick.
+const ENUM_FAILURES_BEFORE_FALLBACK: u32 = 3;
 
 /// An execution handed to the poller.
 pub struct Follow {
@@ -81,6 +85,7 @@ async fn run(deps: Deps, mut rx: mpsc::UnboundedReceiver<Follow>) {
     let mut followed: HashMap<String, Followed> = HashMap::new();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut use_enum = true;
+    let mut server_failures = 0u32;
     let mut last_ok = Instant::now();
     let mut last_change = Instant::now();
     loop {
@@ -107,6 +112,7 @@ async fn run(deps: Deps, mut rx: mpsc::UnboundedReceiver<Follow>) {
         match poll(&mut conn, &jobs, use_enum).await {
             Ok(r) => {
                 backoff.reset();
+                server_failures = 0;
                 last_ok = Instant::now();
                 if r.heartbeat.agent_connected == Some(false) {
                     tracing::warn!(
@@ -141,6 +147,15 @@ async fn run(deps: Deps, mut rx: mpsc::UnboundedReceiver<Follow>) {
             Err(SqlError::Server { number: 1222, .. }) => {} // the history row limiter holds its lock: next tick
             Err(e) => {
                 tracing::warn!(error = %e, "SQL Server Agent poll failed");
+                if matches!(e, SqlError::Server { .. }) {
+                    server_failures += 1;
+                    if use_enum && server_failures >= ENUM_FAILURES_BEFORE_FALLBACK {
+                        tracing::warn!(error = %e, "the poll failed {server_failures} times in a row; polling without xp_sqlagent_enum_jobs (history and activity only) from now on");
+                        use_enum = false;
+                    }
+                } else {
+                    server_failures = 0;
+                }
                 delay = Some(backoff.next_delay());
                 if last_ok.elapsed() > LOST_AFTER {
                     let msg = format!(
@@ -321,10 +336,8 @@ async fn handle_stop(x: &mut Followed, control: &tokio::sync::Mutex<Conn>) {
                 .unwrap_or_default();
             match (r.err_number, r.rc) {
                 (None, Some(0) | None) => "stop requested from SQL Server Agent".to_string(),
-                (Some(22022), _) if classify_22022(r.err_message.as_deref().unwrap_or("")) == Agent22022::JobNotRunning => {
-                    "stop requested, but SQL Server Agent says the job is not running (it may be ending or not begun yet)".to_string()
-                }
-                (n, rc) => format!("stop request failed (error {n:?}, rc {rc:?}): {}", r.err_message.unwrap_or_default()),
+                (Some(n), rc) => stop_refused(n, r.err_message.as_deref().unwrap_or(""), rc),
+                (None, rc) => format!("stop request failed (sp_stop_job returned {rc:?})"),
             }
         }
         Err(SqlError::Connection(e)) => {
@@ -332,9 +345,23 @@ async fn handle_stop(x: &mut Followed, control: &tokio::sync::Mutex<Conn>) {
             x.stop_sent = None;
             format!("stop request not delivered ({e}); retrying")
         }
+        // 22022 is raised inside xp_sqlagent_notify and escapes the batch's TRY/CATCH.
+        Err(SqlError::Server {
+            number, message, ..
+        }) => stop_refused(number, &message, None),
         Err(e) => format!("stop request failed: {e}"),
     };
     x.f.sink.log(0, LogStream::Agent, note).await;
+}
+
+/// The log line for a refused `sp_stop_job`, whether the error was caught in the batch or
+/// escaped it as a TDS error.
+fn stop_refused(number: i32, message: &str, rc: Option<i32>) -> String {
+    match (number, classify_22022(message)) {
+        (22022, Agent22022::JobNotRunning) => "stop requested, but SQL Server Agent says the job is not running (it may be ending or not begun yet)".to_string(),
+        (22022, Agent22022::AgentNotRunning) => format!("stop request failed: SQL Server Agent is not running ({message})"),
+        _ => format!("stop request failed (error {number}, rc {rc:?}): {message}"),
+    }
 }
 
 fn finish_ledger(ledger: &Ledger, id: &str, cursor: i32, outcome: proto::Outcome) {

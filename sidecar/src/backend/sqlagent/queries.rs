@@ -11,8 +11,11 @@
 //!   `sys.configurations.value_in_use` (sql_variant) are cast as documented.
 //! * Errors a batch can raise are either caught in T-SQL and returned as columns
 //!   (`err_number`, `err_message`) or arrive as a TDS ERROR token (tiberius `Error::Server`);
-//!   the backend maps both the same way, because whether the Agent's 22022 escapes TRY/CATCH
-//!   is not documented.
+//!   the backend maps both the same way. Errors raised by msdb's T-SQL (14262, 14393, …) are
+//!   caught, but errors raised *inside an extended procedure* — 22022 from
+//!   `xp_sqlagent_notify` ("not currently running", "already running") and from
+//!   `xp_sqlagent_enum_jobs` — are field-reported to escape TRY/CATCH, and then tiberius
+//!   fails the whole request: every caller must expect the escaped form.
 //! * Minimum server: SQL Server 2016 (13.x) — `poll` uses `OPENJSON`, which needs database
 //!   compatibility level 130+ for msdb (msdb follows the server's level after an upgrade).
 //!
@@ -81,6 +84,11 @@ SELECT CAST(SERVERPROPERTY('EngineEdition') AS int) AS engine_edition,
 /// 11. `can_read_sessions` — SELECT on `msdb.dbo.syssessions` (optional; see module doc).
 /// 12. `can_view_server_state` — VIEW SERVER STATE (optional; Agent liveness hints).
 /// 13. `can_enum_jobs` — EXECUTE on `master.dbo.xp_sqlagent_enum_jobs` (optional; live step).
+/// 14. `msdb_compatibility_level` int NULL — `sys.databases.compatibility_level` of msdb
+///     (`poll` uses `OPENJSON`, which needs 130 or more).
+///
+/// Every other object the catalogue touches is checked one by one with
+/// [`OBJECT_PERMISSION`] (see [`objects`]).
 ///
 /// Role columns use `IS_ROLEMEMBER` in msdb (the connection's database); sysadmin members
 /// may show 0 there and are covered by `is_sysadmin`. Errors: none expected.
@@ -98,7 +106,24 @@ SELECT CAST(ISNULL(IS_SRVROLEMEMBER(N'sysadmin'), 0) AS int) AS is_sysadmin,
        CAST(ISNULL(HAS_PERMS_BY_NAME(N'msdb.dbo.sysjobactivity', N'OBJECT', N'SELECT'), 0) AS int) AS can_read_activity,
        CAST(ISNULL(HAS_PERMS_BY_NAME(N'msdb.dbo.syssessions', N'OBJECT', N'SELECT'), 0) AS int) AS can_read_sessions,
        CAST(ISNULL(HAS_PERMS_BY_NAME(NULL, NULL, N'VIEW SERVER STATE'), 0) AS int) AS can_view_server_state,
-       CAST(ISNULL(HAS_PERMS_BY_NAME(N'master.dbo.xp_sqlagent_enum_jobs', N'OBJECT', N'EXECUTE'), 0) AS int) AS can_enum_jobs;";
+       CAST(ISNULL(HAS_PERMS_BY_NAME(N'master.dbo.xp_sqlagent_enum_jobs', N'OBJECT', N'EXECUTE'), 0) AS int) AS can_enum_jobs,
+       (SELECT CAST(d.compatibility_level AS int) FROM sys.databases AS d WHERE d.name = N'msdb') AS msdb_compatibility_level;";
+
+/// Whether the login holds one permission on one object (`sidecar check`, once per object
+/// the catalogue touches).
+///
+/// Parameters:
+/// * `@P1` nvarchar — the three-part object name, e.g. `msdb.dbo.sysjobs`.
+/// * `@P2` nvarchar — `SELECT` or `EXECUTE`.
+///
+/// One result set, one row:
+/// 1. `granted` int — 1 if `HAS_PERMS_BY_NAME` says so; 0 if not, or if the object is not
+///    visible to the login at all.
+///
+/// Errors: none expected.
+pub const OBJECT_PERMISSION: &str = "-- agentfleet:object_permission
+SET NOCOUNT ON;
+SELECT CAST(ISNULL(HAS_PERMS_BY_NAME(@P1, N'OBJECT', @P2), 0) AS int) AS granted;";
 
 /// Names of the jobs visible to the login. No parameters.
 ///
@@ -205,17 +230,25 @@ ORDER BY st.job_id, st.step_id;";
 /// 4. `server_now` datetimeoffset.
 /// 5. `running` int — 1 if the job's current-session activity row has
 ///    `start_execution_date` set and `stop_execution_date` NULL, or `run_requested_date` set
-///    with both NULL (requested, not begun); else 0.
+///    with both NULL (requested, not begun); else 0. While the Agent is down the newest
+///    session's rows keep whatever state they had (a "ghost"), so read it with column 6.
+/// 6. `agent_connected` int NULL — as in `server_info`: 1 if the Agent's session is
+///    connected, 0 if not, NULL without VIEW SERVER STATE (unknown).
 ///
-/// Errors: 229.
+/// Errors: 229, 1222 (lock timeout behind the history row limiter: nothing was started,
+/// the probe may be repeated).
 pub const START_PROBE: &str = "-- agentfleet:start_probe
 SET NOCOUNT ON; SET LOCK_TIMEOUT 3000;
 DECLARE @job_id uniqueidentifier = @P1;
-DECLARE @sess int;
+DECLARE @sess int, @connected int = NULL;
 IF HAS_PERMS_BY_NAME(N'msdb.dbo.syssessions', N'OBJECT', N'SELECT') = 1
     SET @sess = (SELECT MAX(session_id) FROM msdb.dbo.syssessions);
 ELSE
     SET @sess = (SELECT MAX(session_id) FROM msdb.dbo.sysjobactivity);
+IF HAS_PERMS_BY_NAME(NULL, NULL, N'VIEW SERVER STATE') = 1
+    SET @connected = CASE WHEN EXISTS (SELECT 1 FROM sys.dm_exec_sessions
+                                       WHERE program_name = N'SQLAgent - Generic Refresher')
+                          THEN 1 ELSE 0 END;
 SELECT @sess AS agent_session_id,
        (SELECT ISNULL(MAX(instance_id), 0) FROM msdb.dbo.sysjobhistory WHERE job_id = @job_id) AS history_watermark,
        DATEADD(millisecond, -DATEPART(millisecond, GETDATE()), GETDATE()) AS requested_not_before,
@@ -224,7 +257,8 @@ SELECT @sess AS agent_session_id,
                          WHERE a.session_id = @sess AND a.job_id = @job_id
                            AND a.stop_execution_date IS NULL
                            AND (a.start_execution_date IS NOT NULL OR a.run_requested_date IS NOT NULL))
-            THEN 1 ELSE 0 END AS running;";
+            THEN 1 ELSE 0 END AS running,
+       @connected AS agent_connected;";
 
 /// The start itself, with the history watermark and Agent session taken in the same batch.
 ///
@@ -242,24 +276,40 @@ SELECT @sess AS agent_session_id,
 ///
 /// Errors (as `err_number`, or as a TDS error if not caught): 14262 unknown/invisible job,
 /// 14258 Agent starting, 14393 not owner/operator, 14256 no job server, 14397 multiserver,
-/// 22022 already running / pending request / Agent not running, 15281 Agent XPs off,
-/// 229 EXECUTE denied (e.g. on Managed Instance `xp_sqlagent_notify`).
+/// 22022 already running / pending request / Agent not running (raised inside
+/// `xp_sqlagent_notify`: expect it as a TDS error), 15281 Agent XPs off, 229 EXECUTE denied
+/// (e.g. on Managed Instance `xp_sqlagent_notify`).
+///
+/// 1222 with `rc` NULL: the watermark read timed out behind the history row limiter
+/// (`TABLOCKX` on `sysjobhistory`); `sp_start_job` was **not** called, so the batch may be
+/// sent again. The lock timeout covers only that read: `sp_start_job` runs with the
+/// default (wait), so a 1222 never comes from inside it.
 pub const START_JOB: &str = "-- agentfleet:start_job
 SET NOCOUNT ON;
 DECLARE @job_id uniqueidentifier = @P1;
-DECLARE @rc int = NULL, @err int = NULL, @msg nvarchar(4000) = NULL, @sess int;
+DECLARE @rc int = NULL, @err int = NULL, @msg nvarchar(4000) = NULL, @sess int, @hwm int = NULL;
 IF HAS_PERMS_BY_NAME(N'msdb.dbo.syssessions', N'OBJECT', N'SELECT') = 1
     SET @sess = (SELECT MAX(session_id) FROM msdb.dbo.syssessions);
 ELSE
     SET @sess = (SELECT MAX(session_id) FROM msdb.dbo.sysjobactivity);
-DECLARE @hwm int = (SELECT ISNULL(MAX(instance_id), 0) FROM msdb.dbo.sysjobhistory WHERE job_id = @job_id);
-DECLARE @t0 datetime = DATEADD(millisecond, -DATEPART(millisecond, GETDATE()), GETDATE());
+SET LOCK_TIMEOUT 3000;
 BEGIN TRY
-    EXEC @rc = msdb.dbo.sp_start_job @job_id = @job_id;
+    SET @hwm = (SELECT ISNULL(MAX(instance_id), 0) FROM msdb.dbo.sysjobhistory WHERE job_id = @job_id);
 END TRY
 BEGIN CATCH
     SELECT @err = ERROR_NUMBER(), @msg = ERROR_MESSAGE();
 END CATCH;
+SET LOCK_TIMEOUT -1;
+DECLARE @t0 datetime = DATEADD(millisecond, -DATEPART(millisecond, GETDATE()), GETDATE());
+IF @err IS NULL
+BEGIN
+    BEGIN TRY
+        EXEC @rc = msdb.dbo.sp_start_job @job_id = @job_id;
+    END TRY
+    BEGIN CATCH
+        SELECT @err = ERROR_NUMBER(), @msg = ERROR_MESSAGE();
+    END CATCH;
+END;
 SELECT @rc AS rc, @err AS err_number, @msg AS err_message,
        @sess AS agent_session_id, @hwm AS history_watermark,
        @t0 AS requested_not_before, SYSDATETIMEOFFSET() AS server_now;";
@@ -275,7 +325,8 @@ SELECT @rc AS rc, @err AS err_number, @msg AS err_message,
 /// 3. `err_message` nvarchar(4000) NULL
 ///
 /// Errors (as `err_number` or TDS error): 22022 not currently running (the run already ended:
-/// the poller reports its real outcome), 14262, 14393, 14257, 229.
+/// the poller reports its real outcome) or Agent not running — raised inside
+/// `xp_sqlagent_notify`, so expect it as a TDS error —, 14262, 14393, 14257, 229.
 pub const STOP_JOB: &str = "-- agentfleet:stop_job
 SET NOCOUNT ON;
 DECLARE @job_id uniqueidentifier = @P1;
@@ -343,7 +394,10 @@ SELECT @rc AS rc, @err AS err_number, @msg AS err_message;";
 /// 12. `message` nvarchar(4000) NULL
 ///
 /// Errors: 1222 lock timeout (the row limiter holds TABLOCKX on `sysjobhistory`; the tick is
-/// skipped), 229 missing SELECT, 13609/0 JSON text invalid (a bug).
+/// skipped), 229 missing SELECT, 13609/0 JSON text invalid (a bug), and 22022 from
+/// `xp_sqlagent_enum_jobs` (e.g. the Agent is stopped): it escapes the TRY/CATCH around the
+/// `INSERT … EXEC`, so the whole batch fails; after a few such failures the poller polls
+/// with `@P2 = 0` (history only).
 pub const POLL: &str = "-- agentfleet:poll
 SET NOCOUNT ON; SET LOCK_TIMEOUT 3000;
 DECLARE @t TABLE (job_id uniqueidentifier PRIMARY KEY, after_id int NOT NULL);
@@ -402,7 +456,57 @@ pub const ALL: &[(&str, &str)] = &[
     ("start_job", START_JOB),
     ("stop_job", STOP_JOB),
     ("poll", POLL),
+    ("object_permission", OBJECT_PERMISSION),
 ];
+
+/// A permission on an object a catalogued query touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectUse {
+    /// Three-part name as written, e.g. `msdb.dbo.sysjobs`.
+    pub object: &'static str,
+    /// `SELECT` or `EXECUTE`.
+    pub permission: &'static str,
+    /// The queries that use it degrade without it (they test `HAS_PERMS_BY_NAME` first, or
+    /// catch the error): `syssessions` and `xp_sqlagent_enum_jobs`.
+    pub optional: bool,
+}
+
+/// Every `msdb.dbo.*` / `master.dbo.*` object the catalogue touches, with the permission
+/// it needs, derived from the query texts (not kept by hand): procedures (`sp_*`, `xp_*`)
+/// need EXECUTE, everything else SELECT. Names only quoted inside `HAS_PERMS_BY_NAME`
+/// (string literals) count too: the queries read those objects when permitted.
+/// `check_permissions` and `object_permission` themselves are left out (they only ask).
+pub fn objects() -> Vec<ObjectUse> {
+    let mut out: Vec<ObjectUse> = Vec::new();
+    for (name, text) in ALL {
+        if matches!(*name, "check_permissions" | "object_permission") {
+            continue;
+        }
+        for db in ["msdb.dbo.", "master.dbo."] {
+            let mut rest: &'static str = text;
+            while let Some(i) = rest.find(db) {
+                let tail = &rest[i + db.len()..];
+                let len = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let object = &rest[i..i + db.len() + len];
+                rest = &tail[len..];
+                let proc = tail.starts_with("sp_") || tail.starts_with("xp_");
+                let optional =
+                    object.ends_with(".syssessions") || object.ends_with(".xp_sqlagent_enum_jobs");
+                if !out.iter().any(|o| o.object == object) {
+                    out.push(ObjectUse {
+                        object,
+                        permission: if proc { "EXECUTE" } else { "SELECT" },
+                        optional,
+                    });
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
 
 /// The marker name of a query text (`-- agentfleet:<name>` on its first line).
 pub fn marker(text: &str) -> Option<&str> {
@@ -421,6 +525,32 @@ mod tests {
         for (name, text) in ALL {
             assert_eq!(marker(text), Some(*name), "{name}");
         }
+    }
+
+    #[test]
+    fn the_objects_needed_are_derived_from_the_texts() {
+        let objs = objects();
+        let names: Vec<&str> = objs.iter().map(|o| o.object).collect();
+        for needed in [
+            "msdb.dbo.sysjobs",
+            "msdb.dbo.sysjobs_view",
+            "msdb.dbo.sysjobservers",
+            "msdb.dbo.syscategories",
+            "msdb.dbo.sysjobsteps",
+            "msdb.dbo.sysjobhistory",
+            "msdb.dbo.sysjobactivity",
+            "msdb.dbo.syssessions",
+            "msdb.dbo.sp_start_job",
+            "msdb.dbo.sp_stop_job",
+            "master.dbo.xp_sqlagent_enum_jobs",
+        ] {
+            assert!(names.contains(&needed), "{needed} missing from {names:?}");
+        }
+        let perm = |n: &str| objs.iter().find(|o| o.object == n).unwrap();
+        assert_eq!(perm("msdb.dbo.sp_start_job").permission, "EXECUTE");
+        assert_eq!(perm("msdb.dbo.sysjobs").permission, "SELECT");
+        assert!(perm("master.dbo.xp_sqlagent_enum_jobs").optional);
+        assert!(!perm("msdb.dbo.sysjobservers").optional);
     }
 
     #[test]

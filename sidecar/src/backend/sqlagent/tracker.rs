@@ -337,7 +337,12 @@ impl Tracker {
 
         if self.open_step.is_none() {
             let next = match obs.live {
-                LiveView::Enum(Some(l)) if l.running && l.job_state == 1 && l.current_step > 0 => {
+                LiveView::Enum(Some(l))
+                    if l.running
+                        && l.job_state == 1
+                        && l.current_step > 0
+                        && !self.live_is_stale(l.current_step, l.current_retry_attempt) =>
+                {
                     Some(l.current_step)
                 }
                 LiveView::Enum(_) => None,
@@ -370,6 +375,22 @@ impl Tracker {
             self.changed = true;
         }
         out
+    }
+
+    /// Whether the Agent's live view of `step` (attempt `retry_attempt + 1`) describes an
+    /// attempt whose history row was already consumed: `xp_sqlagent_enum_jobs` may lag the
+    /// history insert, so right after step k's row it can still show step k running. Such a
+    /// snapshot must not reopen k (a later outcome row would close it as a step the Agent
+    /// "recorded no result for"). Only a retry row (run_status 2) is followed by k again,
+    /// and then only by an attempt beyond the ones already counted.
+    fn live_is_stale(&self, step: i32, retry_attempt: i32) -> bool {
+        match self.last_row {
+            Some((last, status, _)) if last == step => {
+                let done = self.attempts.get(&step).copied().unwrap_or(0);
+                status != 2 || i64::from(retry_attempt) < i64::from(done)
+            }
+            _ => false,
+        }
     }
 
     /// The step the Agent runs now, from the step flow, when its live view is unavailable:

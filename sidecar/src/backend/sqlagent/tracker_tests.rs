@@ -360,3 +360,70 @@ fn a_graceful_agent_stop_reports_the_shutdown_outcome_not_lost() {
     let out = observe(&mut t, &hb(8), LiveView::Infer, None, &rows, 1);
     assert_eq!(kinds(&out).last().unwrap(), "finished/3");
 }
+
+/// `xp_sqlagent_enum_jobs` lags the history insert: the tick that reads step k's row can
+/// still see step k running, for one tick or several. That must not reopen k and end the
+/// run with a failed "recorded no result" step; a retry row is followed by the next attempt.
+#[test]
+fn a_stale_live_snapshot_after_a_steps_row_does_not_reopen_it() {
+    let mut t = Tracker::new(
+        JobDef {
+            steps: vec![step(1, "only", 1, 2, 1)],
+            ..job()
+        },
+        Some(7),
+        None,
+        100,
+        None,
+        0,
+    );
+    let live = |retry: i32| Live {
+        job_id: JOB,
+        running: true,
+        current_step: 1,
+        current_retry_attempt: retry,
+        job_state: 1,
+        request_source: 4,
+        request_source_id: None,
+    };
+    let l0 = live(0);
+    let out = observe(&mut t, &hb(7), LiveView::Enum(Some(&l0)), None, &[], 1);
+    assert_eq!(kinds(&out), ["started/1", "step_started/1/1"]);
+    // Attempt 1 fails and will be retried; the snapshot still shows attempt 1 (stale) ...
+    let retry_row = row(101, 1, 2, 90000, 1, "retrying");
+    let out = observe(
+        &mut t,
+        &hb(7),
+        LiveView::Enum(Some(&l0)),
+        None,
+        std::slice::from_ref(&retry_row),
+        2,
+    );
+    assert_eq!(kinds(&out), ["log/1", "step_finished/1/1/3"]);
+    // ... then attempt 2 (a fresh snapshot) opens it.
+    let l1 = live(1);
+    let out = observe(&mut t, &hb(7), LiveView::Enum(Some(&l1)), None, &[], 3);
+    assert_eq!(kinds(&out), ["step_started/1/2"]);
+    // Attempt 2 succeeds; the stale snapshot keeps showing it for two more ticks.
+    let ok_row = row(102, 1, 1, 90002, 1, "done");
+    let out = observe(
+        &mut t,
+        &hb(7),
+        LiveView::Enum(Some(&l1)),
+        None,
+        std::slice::from_ref(&ok_row),
+        4,
+    );
+    assert_eq!(kinds(&out), ["log/1", "step_finished/1/2/1"]);
+    let out = observe(&mut t, &hb(7), LiveView::Enum(Some(&l1)), None, &[], 5);
+    assert!(out.is_empty(), "{:?}", kinds(&out));
+    let out = observe(
+        &mut t,
+        &hb(7),
+        LiveView::Enum(None),
+        None,
+        &[row(103, 0, 1, 90000, 3, "The job succeeded.")],
+        6,
+    );
+    assert_eq!(kinds(&out), ["log/0", "finished/1"]);
+}

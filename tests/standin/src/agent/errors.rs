@@ -21,6 +21,12 @@ impl AgentError {
         &self.0.text
     }
 
+    /// Raised inside an extended procedure (`xp_sqlagent_notify`, `xp_sqlagent_enum_jobs`):
+    /// the Agent's 22022. Such errors are field-reported to escape TRY/CATCH.
+    pub fn from_extended_procedure(&self) -> bool {
+        self.0.number == 22022
+    }
+
     pub fn unknown_job_id(id: Uuid) -> Self {
         let id = id.to_string().to_uppercase();
         Self::new(

@@ -2,15 +2,17 @@
 //!
 //! This simulates behaviour described for real SQL Server Agent (request latency, one running
 //! instance per job, history rows written when steps and jobs finish, sessions per Agent start).
-//! It is a test stand-in: it cannot tell whether T-SQL would be valid on a real server.
+//! It is a test stand-in: the T-SQL check (`crate::tsql`) covers names, not semantics.
 
 pub mod clock;
 pub mod errors;
+pub mod history_lock;
+pub mod live;
 pub mod msdb;
 mod runner;
 pub mod steps;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -90,6 +92,10 @@ pub struct Caller {
     pub view_server_state: bool,
     pub read_sessions: bool,
     pub enum_jobs: bool,
+    /// `ISNULL(NT_CLIENT(), SUSER_SNAME())`: who the Agent records as the requester.
+    pub requester: String,
+    /// Three-part names of objects the login may not read or execute (lower case).
+    pub denied: Vec<String>,
 }
 
 impl Caller {
@@ -101,6 +107,21 @@ impl Caller {
             view_server_state: l.view_server_state.unwrap_or(sa),
             read_sessions: l.read_sessions.unwrap_or(sa),
             enum_jobs: l.enum_jobs.unwrap_or(sa),
+            requester: l.nt_client.clone().unwrap_or_else(|| l.user.clone()),
+            denied: l.deny.iter().map(|d| d.to_lowercase()).collect(),
+        }
+    }
+
+    /// `HAS_PERMS_BY_NAME(object, 'OBJECT', …)` for the objects the catalogue names.
+    pub fn may_use(&self, object: &str) -> bool {
+        let o = object.to_lowercase();
+        if self.denied.contains(&o) {
+            return false;
+        }
+        match o.as_str() {
+            "msdb.dbo.syssessions" => self.read_sessions,
+            "master.dbo.xp_sqlagent_enum_jobs" => self.enum_jobs,
+            _ => true,
         }
     }
 
@@ -128,6 +149,8 @@ pub struct State {
     pub msdb: Msdb,
     pub jobs: Vec<JobDef>,
     pub live: HashMap<Uuid, LiveRun>,
+    /// Recent live states per job, for `xp_sqlagent_enum_jobs` with a `live_lag`.
+    pub live_trail: HashMap<Uuid, VecDeque<(Instant, Option<live::EnumRow>)>>,
     pub settings: AgentConfig,
     /// Cancelled when the current Agent session ends; run tasks hang off it.
     session_token: CancellationToken,
@@ -151,6 +174,37 @@ impl State {
         }
     }
 
+    /// Records the job's live state for the lagging view (after every change).
+    pub fn note_live(&mut self, job_id: Uuid) {
+        let lag = self.settings.live_lag;
+        if lag.is_zero() {
+            return;
+        }
+        let row = self.live.get(&job_id).map(live::EnumRow::of);
+        let trail = self.live_trail.entry(job_id).or_default();
+        trail.push_back((Instant::now(), row));
+        // Keep the newest entry older than the lag (the state it shows) and everything after.
+        while trail.len() > 1 && trail[1].0.elapsed() >= lag {
+            trail.pop_front();
+        }
+    }
+
+    /// What `xp_sqlagent_enum_jobs` reports for the job now: its live state `live_lag` ago.
+    pub fn enum_view(&self, job_id: Uuid) -> Option<live::EnumRow> {
+        let lag = self.settings.live_lag;
+        if lag.is_zero() {
+            return self.live.get(&job_id).map(live::EnumRow::of);
+        }
+        match self.live_trail.get(&job_id) {
+            Some(trail) => trail
+                .iter()
+                .rev()
+                .find(|(at, _)| at.elapsed() >= lag)
+                .and_then(|(_, row)| row.clone()),
+            None => self.live.get(&job_id).map(live::EnumRow::of),
+        }
+    }
+
     fn job_ids(&self) -> Vec<Uuid> {
         self.jobs.iter().map(|j| j.job_id).collect()
     }
@@ -160,6 +214,8 @@ impl State {
 #[derive(Clone)]
 pub struct Agent {
     state: Arc<Mutex<State>>,
+    /// The history row limiter's `TABLOCKX` on `sysjobhistory`, held on request by tests.
+    pub history_lock: history_lock::HistoryLock,
     pub clock: clock::Clock,
     /// When the stand-in (the "engine") started: `tempdb.create_date`.
     pub server_started: NaiveDateTime,
@@ -175,11 +231,13 @@ impl Agent {
                 msdb: Msdb::default(),
                 jobs,
                 live: HashMap::new(),
+                live_trail: HashMap::new(),
                 settings,
                 session_token: CancellationToken::new(),
                 generation: 0,
                 next_run_no: 0,
             })),
+            history_lock: history_lock::HistoryLock::default(),
             clock,
             server_started: clock.now_local(),
         };
@@ -244,7 +302,10 @@ impl Agent {
                 runner::finish_canceled(self, &mut s, id, "Shutdown Sequence 0");
             }
         }
-        s.live.clear();
+        let ids: Vec<Uuid> = s.live.drain().map(|(id, _)| id).collect();
+        for id in ids {
+            s.note_live(id);
+        }
         s.status = AgentStatus::Stopped;
     }
 
@@ -310,7 +371,7 @@ impl Agent {
         if let Some(live) = s.live.get(&j.job_id) {
             return Err(AgentError::already_running(
                 &j.name,
-                &caller.login,
+                &caller.requester,
                 &live.requested_by,
                 live.phase == Phase::Requested,
             ));
@@ -324,7 +385,7 @@ impl Agent {
             LiveRun {
                 run_no,
                 session_id,
-                requested_by: caller.login.clone(),
+                requested_by: caller.requester.clone(),
                 phase: Phase::Requested,
                 current_step: 0,
                 current_retry_attempt: 0,
@@ -335,6 +396,7 @@ impl Agent {
                 stop: stop.clone(),
             },
         );
+        s.note_live(j.job_id);
         let request_latency = s.settings.request_latency;
         let session = s.session_token.clone();
         drop(s);
@@ -358,11 +420,11 @@ impl Agent {
         let j = self.precheck(&s, caller, job, true)?;
         match s.live.get_mut(&j.job_id) {
             Some(live) if live.stop_requested_by.is_none() => {
-                live.stop_requested_by = Some(caller.login.clone());
+                live.stop_requested_by = Some(caller.requester.clone());
                 live.stop.cancel();
             }
             Some(_) => {}
-            None => return Err(AgentError::stop_not_running(&j.name, &caller.login)),
+            None => return Err(AgentError::stop_not_running(&j.name, &caller.requester)),
         }
         Ok(format!("Job '{}' stopped successfully.", j.name))
     }
@@ -406,6 +468,10 @@ impl Agent {
 
     pub fn set_errors_escape_catch(&self, escape: bool) {
         self.lock().settings.errors_escape_catch = escape;
+    }
+
+    pub fn set_live_lag(&self, d: Duration) {
+        self.lock().settings.live_lag = d;
     }
 
     pub fn set_startup_time(&self, d: Duration) {

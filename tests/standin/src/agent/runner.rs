@@ -48,7 +48,11 @@ fn with_run<R>(
 ) -> Option<R> {
     let mut s = agent.lock();
     match s.live.get(&job_id) {
-        Some(l) if l.run_no == run_no => Some(f(&mut s)),
+        Some(l) if l.run_no == run_no => {
+            let r = f(&mut s);
+            s.note_live(job_id);
+            Some(r)
+        }
         _ => None,
     }
 }
@@ -298,6 +302,7 @@ fn finish(agent: &Agent, s: &mut State, job_id: Uuid, status: i32, verdict: &str
     let Some(live) = s.live.remove(&job_id) else {
         return;
     };
+    s.note_live(job_id);
     let now = agent.clock.now_local();
     let (started, elapsed) = match live.job_started {
         Some((t, at)) => (t, at.elapsed().as_secs()),

@@ -22,12 +22,14 @@ pub const MARKERS: &[&str] = &[
     "start_job",
     "stop_job",
     "poll",
+    "object_permission",
 ];
 
 pub fn handle(agent: &Agent, conn: &ConnInfo, marker: &str, p: &Params<'_>) -> Option<Reply> {
     let result = match marker {
         "server_info" => Ok(server_info(agent, conn)),
-        "check_permissions" => Ok(check_permissions(conn)),
+        "check_permissions" => Ok(check_permissions(agent, conn)),
+        "object_permission" => p.text("@P1").map(|o| object_permission(conn, o)),
         "job_names" => Ok(job_names(agent, conn)),
         "list_jobs" => Ok(list_jobs(agent, conn, None)),
         "resolve_job" => p.text("@P1").map(|name| list_jobs(agent, conn, Some(name))),
@@ -105,8 +107,9 @@ fn server_info(agent: &Agent, conn: &ConnInfo) -> Reply {
     Reply::with(vec![Item::ResultSet(ResultSet::new(cols).row(row))])
 }
 
-fn check_permissions(conn: &ConnInfo) -> Reply {
+fn check_permissions(agent: &Agent, conn: &ConnInfo) -> Reply {
     let c = &conn.caller;
+    let compat = agent.lock().settings.msdb_compatibility_level;
     let names = [
         "is_sysadmin",
         "is_agent_operator",
@@ -134,19 +137,34 @@ fn check_permissions(conn: &ConnInfo) -> Reply {
         op,
         rd,
         us,
-        true,
-        true,
-        true,
-        true,
-        true,
-        true,
-        c.read_sessions,
+        c.may_use("msdb.dbo.sp_start_job"),
+        c.may_use("msdb.dbo.sp_stop_job"),
+        c.may_use("msdb.dbo.sysjobs_view"),
+        c.may_use("msdb.dbo.sysjobsteps"),
+        c.may_use("msdb.dbo.sysjobhistory"),
+        c.may_use("msdb.dbo.sysjobactivity"),
+        c.may_use("msdb.dbo.syssessions"),
         c.view_server_state,
-        c.enum_jobs,
+        c.may_use("master.dbo.xp_sqlagent_enum_jobs"),
     ];
-    let cols = names.iter().map(|n| Column::new(n, SqlType::Int)).collect();
-    let row = values.iter().map(|b| flag(*b)).collect();
+    let mut cols: Vec<Column> = names.iter().map(|n| Column::new(n, SqlType::Int)).collect();
+    cols.push(Column::new("msdb_compatibility_level", SqlType::Int));
+    let mut row: Vec<Value> = values.iter().map(|b| flag(*b)).collect();
+    row.push(int(compat));
     Reply::with(vec![Item::ResultSet(ResultSet::new(cols).row(row))])
+}
+
+/// `HAS_PERMS_BY_NAME(@P1, N'OBJECT', @P2)`: 0 for a denied object, and for names that are
+/// not msdb/master three-part names (the stand-in knows no others).
+fn object_permission(conn: &ConnInfo, object: Option<String>) -> Reply {
+    let granted = object.is_some_and(|o| {
+        let parts = o.split('.').count();
+        let db = o.split('.').next().unwrap_or("").to_lowercase();
+        parts == 3 && (db == "msdb" || db == "master") && conn.caller.may_use(&o)
+    });
+    Reply::with(vec![Item::ResultSet(
+        ResultSet::new(vec![Column::new("granted", SqlType::Int)]).row(vec![flag(granted)]),
+    )])
 }
 
 fn visible_jobs<'s>(s: &'s State, conn: &ConnInfo) -> Vec<&'s JobDef> {
@@ -272,6 +290,7 @@ fn start_probe(agent: &Agent, conn: &ConnInfo, job_id: Option<Uuid>) -> Reply {
         Column::new("requested_not_before", SqlType::DateTime),
         Column::new("server_now", SqlType::DateTimeOffset),
         Column::new("running", SqlType::Int).not_null(),
+        Column::new("agent_connected", SqlType::Int),
     ];
     let row = vec![
         Value::opt_int(sess),
@@ -279,6 +298,11 @@ fn start_probe(agent: &Agent, conn: &ConnInfo, job_id: Option<Uuid>) -> Reply {
         Value::DateTime(agent.clock.now_local_seconds()),
         Value::DateTimeOffset(agent.clock.now_offset()),
         flag(running),
+        if conn.caller.view_server_state {
+            flag(s.status == AgentStatus::Running)
+        } else {
+            Value::Null
+        },
     ];
     Reply::with(vec![Item::ResultSet(ResultSet::new(cols).row(row))])
 }
@@ -305,11 +329,15 @@ fn call_proc(agent: &Agent, result: Result<String, AgentError>) -> ProcOutcome {
                 items: vec![Item::Message(ServerMessage::new(number, 0, info))],
             }
         }
-        Err(e) if agent.lock().settings.errors_escape_catch => ProcOutcome {
-            rc: Some(1),
-            err: None,
-            items: vec![Item::Message(e.0.clone())],
-        },
+        // 22022 is raised inside xp_sqlagent_notify: it escapes the batch's TRY/CATCH (by
+        // default). msdb's own T-SQL errors are always caught.
+        Err(e) if e.from_extended_procedure() && agent.lock().settings.errors_escape_catch => {
+            ProcOutcome {
+                rc: None,
+                err: None,
+                items: vec![Item::Message(e.0.clone())],
+            }
+        }
         Err(e) => ProcOutcome {
             rc: None,
             err: Some(e),
@@ -367,6 +395,31 @@ fn start_job(agent: &Agent, conn: &ConnInfo, job_id: Option<Uuid>) -> Reply {
     let mut items = o.items;
     items.push(Item::ResultSet(ResultSet::new(cols).row(row)));
     Reply::with(items)
+}
+
+/// `start_job` whose watermark read timed out behind the history lock: the batch catches
+/// 1222 and skips `sp_start_job`.
+pub fn start_job_lock_timeout(agent: &Agent, conn: &ConnInfo, m: ServerMessage) -> Reply {
+    let sess = agent.lock().session_for(&conn.caller);
+    let mut cols = outcome_columns();
+    cols.extend([
+        Column::new("agent_session_id", SqlType::Int),
+        Column::new("history_watermark", SqlType::Int),
+        Column::new("requested_not_before", SqlType::DateTime),
+        Column::new("server_now", SqlType::DateTimeOffset),
+    ]);
+    let row = vec![
+        Value::Null,
+        int(m.number as i32),
+        Value::Str(m.text.clone()),
+        Value::opt_int(sess),
+        Value::Null,
+        Value::DateTime(agent.clock.now_local_seconds()),
+        Value::DateTimeOffset(agent.clock.now_offset()),
+    ];
+    let mut reply = Reply::with(vec![Item::ResultSet(ResultSet::new(cols).row(row))]);
+    reply.nocount = true;
+    reply
 }
 
 fn stop_job(agent: &Agent, conn: &ConnInfo, job_id: Option<Uuid>) -> Reply {

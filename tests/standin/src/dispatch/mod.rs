@@ -1,8 +1,10 @@
-//! Request dispatch. The stand-in does not parse T-SQL: it recognises agentfleet's catalogued
-//! queries by their first-line marker `-- agentfleet:<name>`, reads their parameters by name
-//! and answers from the simulated msdb. Anything else gets a clear error, never a hang.
+//! Request dispatch. The stand-in recognises agentfleet's catalogued queries by their
+//! first-line marker `-- agentfleet:<name>`, checks their text against msdb's schema
+//! (`tsql`: unknown columns, parameters, objects fail as on a real server), reads their
+//! parameters by name and answers from the simulated msdb. Anything else gets a clear error, never a hang.
 
 mod catalog;
+pub mod objects;
 mod params;
 mod poll;
 mod probes;
@@ -100,6 +102,13 @@ pub fn handle(agent: &Agent, conn: &ConnInfo, req: &Request) -> Reply {
     let p = Params::new(&req.params);
     let first = req.text.trim_start().lines().next().unwrap_or("").trim();
     if let Some(name) = first.strip_prefix("-- agentfleet:") {
+        // Compiled like a real server would: a wrong column or parameter fails the batch.
+        if let Err(e) = crate::tsql::check_cached(&req.text) {
+            return Reply::error(e);
+        }
+        if let Some(object) = objects::first_denied(&req.text, |o| conn.caller.may_use(o)) {
+            return Reply::error(objects::permission_denied(&object));
+        }
         return catalog::handle(agent, conn, name.trim(), &p).unwrap_or_else(|| {
             Reply::error(unsupported(&format!(
                 "unknown marker agentfleet:{}",
@@ -114,4 +123,24 @@ pub fn handle(agent: &Agent, conn: &ConnInfo, req: &Request) -> Reply {
         let head: String = req.text.chars().take(60).collect();
         Reply::error(unsupported(&format!("no marker; text starts {head:?}")))
     })
+}
+
+/// Waits for the history lock if the request reads `sysjobhistory`, as SQL Server would
+/// with the batch's `SET LOCK_TIMEOUT`. `false`: the wait timed out.
+pub async fn wait_history_lock(agent: &Agent, req: &Request) -> bool {
+    match objects::history_read(&req.text) {
+        Some(timeout) => agent.history_lock.acquire(timeout).await,
+        None => true,
+    }
+}
+
+/// The answer to a request whose `sysjobhistory` read timed out: error 1222, or for
+/// `start_job` (which catches it around its watermark read and then skips `sp_start_job`)
+/// its result row with `err_number` 1222.
+pub fn lock_timeout_reply(agent: &Agent, conn: &ConnInfo, req: &Request) -> Reply {
+    let m = ServerMessage::new(1222, 16, "Lock request time out period exceeded.");
+    match req.marker() {
+        Some("start_job") => catalog::start_job_lock_timeout(agent, conn, m),
+        _ => Reply::error(m),
+    }
 }

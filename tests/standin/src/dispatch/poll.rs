@@ -8,7 +8,8 @@ use uuid::Uuid;
 use super::catalog::guid_sort_key;
 use super::params::parse_guid;
 use super::{ConnInfo, Params};
-use crate::agent::{Agent, AgentError, AgentStatus, Phase};
+use crate::agent::live::EnumRow;
+use crate::agent::{Agent, AgentError, AgentStatus};
 use crate::response::{Item, Reply, ResultSet};
 use crate::tds::tokens::{Column, ServerMessage};
 use crate::tds::values::{SYSNAME, SqlType, Value};
@@ -100,57 +101,35 @@ pub fn poll(agent: &Agent, conn: &ConnInfo, p: &Params<'_>) -> Reply {
     let sess = s.session_for(c);
     let running = s.status == AgentStatus::Running;
 
-    // xp_sqlagent_enum_jobs inside TRY/CATCH.
+    // xp_sqlagent_enum_jobs inside TRY/CATCH: a missing grant (229) is caught; the Agent's
+    // 22022 (Agent stopped) is raised inside the extended procedure and escapes by default.
     let mut enum_err = None;
     let mut live_rows = Vec::new();
     if want_enum && !tracked.is_empty() {
-        if !c.enum_jobs {
+        if !c.may_use("master.dbo.xp_sqlagent_enum_jobs") {
             enum_err = Some(229);
         } else if !running {
-            enum_err = Some(AgentError::agent_not_running().number() as i32);
+            let e = AgentError::agent_not_running();
+            if s.settings.errors_escape_catch {
+                items.push(Item::Message(e.0.clone()));
+            } else {
+                enum_err = Some(e.number() as i32);
+            }
         } else {
             for (job_id, _) in tracked.values() {
                 if s.job(*job_id).is_none() {
                     continue;
                 }
-                // A request not yet begun still reads as idle (the lag the notes call R1).
-                let row = match s.live.get(job_id) {
-                    Some(l) if l.phase == Phase::Queued => vec![
-                        Value::Int(0),
-                        Value::Int(0),
-                        Value::Int(0),
-                        Value::Int(l.phase.job_state()),
-                        Value::Int(4),
-                        Value::Str(l.requested_by.clone()),
-                    ],
-                    Some(l) if l.phase != Phase::Requested => vec![
-                        Value::Int(1),
-                        Value::Int(l.current_step),
-                        Value::Int(l.current_retry_attempt),
-                        Value::Int(l.phase.job_state()),
-                        Value::Int(4),
-                        Value::Str(l.requested_by.clone()),
-                    ],
-                    Some(l) => vec![
-                        Value::Int(0),
-                        Value::Int(0),
-                        Value::Int(0),
-                        Value::Int(4),
-                        Value::Int(4),
-                        Value::Str(l.requested_by.clone()),
-                    ],
-                    None => vec![
-                        Value::Int(0),
-                        Value::Int(0),
-                        Value::Int(0),
-                        Value::Int(4),
-                        Value::Int(0),
-                        Value::Null,
-                    ],
-                };
-                let mut r = vec![Value::Guid(*job_id)];
-                r.extend(row);
-                live_rows.push(r);
+                let l = s.enum_view(*job_id).unwrap_or_else(EnumRow::idle);
+                live_rows.push(vec![
+                    Value::Guid(*job_id),
+                    Value::Int(i32::from(l.running)),
+                    Value::Int(l.current_step),
+                    Value::Int(l.current_retry_attempt),
+                    Value::Int(l.job_state),
+                    Value::Int(l.request_source),
+                    Value::opt_str(l.request_source_id.as_deref()),
+                ]);
             }
         }
     }
