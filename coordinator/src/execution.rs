@@ -58,6 +58,14 @@ pub enum ExecMsg {
     },
 }
 
+impl ExecMsg {
+    /// Whether the dispatcher may be able to place more after this message: an execution
+    /// ended (or was refused), or a sidecar's view changed. Events never free anything.
+    pub fn may_free_capacity(&self) -> bool {
+        !matches!(self, Self::Event { .. })
+    }
+}
+
 /// Why a sidecar did not take a start; the task is placed again, not failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

@@ -25,6 +25,9 @@ pub use resume::{PriorExecution, PriorTask};
 const REFUSAL_COOLDOWN: Duration = Duration::from_secs(2);
 /// Capacity of the executor → dispatcher channel (backpressure on executors).
 const EXEC_CHANNEL: usize = 1024;
+/// Messages handled at most between two placement passes when many are queued (a bound
+/// so that placement still runs often while a flood of log events is being forwarded).
+const DRAIN_BATCH: usize = 256;
 
 /// How often sidecars are asked what runs on them while tasks wait for a place (a job
 /// started by someone else ends; a sidecar that was down comes back).
@@ -210,10 +213,18 @@ impl<'a> Dispatcher<'a> {
             self.stop_run(Stopping::Canceled, "run canceled").await;
         }
 
+        // Placement runs only when something it depends on changed: a task ended (its slot
+        // is free, its dependants may be ready), a sidecar's view was refreshed, a refusal
+        // cooldown ended. Events (log lines, steps) change none of that, so a chatty job
+        // does not make every event cost a pass over all tasks.
+        let mut placement_due = true;
         loop {
             let now = Instant::now();
+            let cooling = self.cooldown.len();
             self.cooldown.retain(|_, until| *until > now);
-            if self.stopping == Stopping::No {
+            placement_due |= self.cooldown.len() != cooling;
+            if self.stopping == Stopping::No && placement_due {
+                placement_due = false;
                 self.place_ready(&tx).await;
             }
             if self.running == 0 && (self.stopping != Stopping::No || self.all_done()) {
@@ -226,7 +237,17 @@ impl<'a> Dispatcher<'a> {
                 .min()
                 .map(|t| tokio::time::Instant::from_std(*t));
             tokio::select! {
-                Some(msg) = rx.recv() => self.on_message(msg).await,
+                Some(msg) = rx.recv() => {
+                    placement_due |= msg.may_free_capacity();
+                    self.on_message(msg).await;
+                    // Take what else is queued before placing again: many executions
+                    // ending together cost one placement pass, not one each.
+                    for _ in 0..DRAIN_BATCH {
+                        let Ok(msg) = rx.try_recv() else { break };
+                        placement_due |= msg.may_free_capacity();
+                        self.on_message(msg).await;
+                    }
+                }
                 _ = interrupt.cancelled(), if self.stopping == Stopping::No => {
                     if self.running > 0 {
                         // Say why the exit may take a while, and how to cut it short.

@@ -202,6 +202,7 @@ pub fn scale(executions: usize) -> Vec<Row> {
     });
     let l = measure::latencies(&m.out);
     assert_eq!(m.out.code(), Some(0), "{}", m.out);
+    let lags = measure::event_lags(&m.out, &fleet_sidecars);
     let (pss, rss, n) = host;
     let per_execution_kib = (pss + rss.saturating_sub(sidecar_rss_before)) / n.max(1) as u64;
     vec![
@@ -213,6 +214,17 @@ pub fn scale(executions: usize) -> Vec<Row> {
                 l.all_started_ms as f64 / 1000.0
             ),
             "<= 1 s",
+        ),
+        row(
+            "scale",
+            "event lag p50 / p99 (sidecar Started -> coordinator)",
+            format!(
+                "{} / {} ms ({} events)",
+                percentile(&lags, 0.5),
+                percentile(&lags, 0.99),
+                lags.len()
+            ),
+            "p99 <= 50 ms",
         ),
         row(
             "scale",
