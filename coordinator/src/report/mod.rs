@@ -127,6 +127,7 @@ pub(crate) mod test_support {
                     plan: "nightly-etl".into(),
                     tasks: 2,
                     sidecars: vec!["sql1".into(), "sql2".into()],
+                    slots: [("sql1".into(), 2), ("sql2".into(), 2)].into(),
                 },
             ),
             ev(100, RunEventKind::TaskPlaced { at: at.clone() }),
