@@ -103,12 +103,18 @@ pub fn assemble(input: Input) -> Timeline {
         let Some(e) = executions.get(st.execution_id.as_str()) else {
             continue;
         };
-        let exec_end = e.finished_ms.map_or(run_end, |f| f - t0);
-        let start = st.started_ms.map_or(e.started_ms - t0, |ms| ms - t0);
+        // A step's start is when its event reached the coordinator and its duration the
+        // sidecar's own measure: kept inside its execution's bar, where it belongs.
+        let exec_start = e.started_ms - t0;
+        let exec_end = e.finished_ms.map_or(run_end, |f| f - t0).max(exec_start);
+        let start = st
+            .started_ms
+            .map_or(exec_start, |ms| ms - t0)
+            .clamp(exec_start, exec_end);
         let end = st
             .duration_ms
             .map_or(exec_end, |d| start + d as i64)
-            .max(start);
+            .clamp(start, exec_end);
         if st.status == "retry" {
             step_retries += 1;
         }
