@@ -4,6 +4,7 @@
 mod json;
 mod live;
 pub mod otel;
+pub mod otel_logs;
 mod plain;
 mod style;
 pub mod summary;
@@ -71,6 +72,10 @@ pub fn reporters(opts: ReportOptions) -> Vec<Box<dyn Reporter>> {
     // Spans and metrics, when this process exports telemetry.
     if let Some(otel) = otel::OtelReporter::when_enabled() {
         out.push(Box::new(otel));
+    }
+    // Job log lines as log records, when this process exports them.
+    if let Some(logs) = otel_logs::LogRecords::when_enabled() {
+        out.push(Box::new(logs));
     }
     out
 }
