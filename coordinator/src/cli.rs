@@ -24,8 +24,9 @@ pub struct Cli {
     /// platform's data directory for agentfleet.
     #[arg(long, global = true, env = "AGENTFLEET_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
-    /// OTLP/gRPC collector for traces and metrics (e.g. http://localhost:4317); off when
-    /// unset. The standard OTEL_EXPORTER_OTLP_* variables work too.
+    /// OTLP/gRPC collector for traces, metrics and job log lines (e.g.
+    /// http://localhost:4317); off when unset. The standard OTEL_EXPORTER_OTLP_* variables
+    /// work too.
     #[arg(
         long,
         global = true,
