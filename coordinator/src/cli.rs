@@ -24,8 +24,9 @@ pub struct Cli {
     /// platform's data directory for agentfleet.
     #[arg(long, global = true, env = "AGENTFLEET_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
-    /// OTLP/gRPC collector for traces and metrics (e.g. http://localhost:4317); off when
-    /// unset. The standard OTEL_EXPORTER_OTLP_* variables work too.
+    /// OTLP/gRPC collector for traces, metrics and job log lines (e.g.
+    /// http://localhost:4317); off when unset. The standard OTEL_EXPORTER_OTLP_* variables
+    /// work too.
     #[arg(
         long,
         global = true,
@@ -55,6 +56,8 @@ pub enum Command {
     Show(ShowArgs),
     /// The run's central log, in order; --follow tails a live run.
     Logs(LogsArgs),
+    /// One self-contained HTML page of a run: lanes per sidecar slot, steps, retries, critical path, totals, logs.
+    Report(ReportArgs),
     /// Re-attach to a run that is still going (after --detach, Ctrl-C of a detached run, a closed laptop or a crash), or whose record is incomplete (exit 4), and drive it to the end.
     Attach(AttachArgs),
     /// Stop a run: no new tasks, running jobs are stopped on their sidecars.
@@ -143,8 +146,20 @@ pub struct ShowArgs {
     /// A run id, a unique prefix of one, or `last`.
     pub run: String,
     /// The whole run as one JSON object.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "timeline")]
     pub json: bool,
+    /// The run as lanes over time, one per sidecar slot (as `report` draws them).
+    #[arg(long)]
+    pub timeline: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A run id, a unique prefix of one, or `last`.
+    pub run: String,
+    /// Where to write the page; default HOME/reports/RUN.html (private: it holds job output).
+    #[arg(long, value_name = "FILE.html")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -81,6 +81,10 @@ pub enum RunEventKind {
         plan: String,
         tasks: usize,
         sidecars: Vec<String>,
+        /// Slots of each reachable sidecar as it described itself at the start: the
+        /// capacity the run report measures utilisation and its lower bound against.
+        #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        slots: std::collections::BTreeMap<String, u32>,
     },
     TaskPlaced {
         #[serde(flatten)]

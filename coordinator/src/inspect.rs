@@ -6,12 +6,15 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::time::Duration;
 
+mod report;
 mod show;
 #[cfg(test)]
 mod tests;
 
 use crate::cli::{LogsArgs, RunsArgs, ShowArgs};
 use crate::error::{CliError, exit};
+pub use report::{report, write_report};
+
 use crate::store::{LogRow, RunRow, Store, StoreError, run_is_final};
 
 /// How often `logs --follow` looks for new lines.
@@ -67,6 +70,9 @@ pub async fn runs(home: Option<&Path>, args: RunsArgs) -> Result<i32, CliError> 
 }
 
 pub async fn show(home: Option<&Path>, args: ShowArgs) -> Result<i32, CliError> {
+    if args.timeline {
+        return report::show_timeline(home, &args);
+    }
     let store = open(home)?;
     let run = store.resolve_run(&args.run).map_err(store_error)?;
     let snapshot = store.run_snapshot(&run.run_id).map_err(store_error)?;

@@ -66,6 +66,7 @@ async fn dispatch(command: Command, home: Option<PathBuf>) -> Result<i32, CliErr
         Command::Cancel(args) => attach::cancel(args, &home_or_default(home)?).await,
         Command::Show(args) => inspect::show(home.as_deref(), args).await,
         Command::Logs(args) => inspect::logs(home.as_deref(), args).await,
+        Command::Report(args) => inspect::report(home.as_deref(), args).await,
         Command::Validate(args) => commands::validate(args).await,
         Command::Sidecars(args) => commands::sidecars(args).await,
         Command::Jobs(args) => commands::jobs(args).await,

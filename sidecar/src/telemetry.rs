@@ -72,6 +72,9 @@ pub async fn start(
     let mut settings =
         ExportSettings::resolve(service, config.telemetry.otlp_endpoint.as_deref(), &env);
     settings.prometheus = admin_listen.is_some();
+    // Job log lines are exported by the coordinator, which has them all (with the run's
+    // task and job names); the sidecar exports spans and metrics only.
+    settings.logs_endpoint = None;
     let export = match export::start(&settings) {
         Ok(t) => t,
         Err(e) => {

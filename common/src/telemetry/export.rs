@@ -1,33 +1,34 @@
-//! The export pipeline of one process: a bounded span queue drained by an exporter task,
-//! an OTel meter provider (OTLP push and/or an in-process reader for Prometheus), all on
-//! a small runtime of its own.
+//! The export pipeline of one process: bounded queues of spans and log records drained by
+//! exporter tasks, an OTel meter provider (OTLP push and/or an in-process reader for
+//! Prometheus), all on a small runtime of its own.
 //!
 //! Export never slows or breaks the work it describes:
-//! - spans go into a bounded queue with `try_send`; when it is full (or an export fails,
-//!   e.g. the collector is down) they are dropped and counted, never waited for;
+//! - spans and log records go into bounded queues with `try_send`; when one is full (or an
+//!   export fails, e.g. the collector is down) they are dropped and counted, never waited
+//!   for (`queue.rs`);
 //! - exports run on a dedicated one-thread runtime, so a slow collector cannot take an
 //!   async worker of the coordinator or the sidecar;
 //! - `shutdown` flushes within a time limit and blocks: call it off the async worker
 //!   threads (from `main` after the runtime's work, or inside `spawn_blocking`).
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::LogExporter as _;
 use opentelemetry_sdk::metrics::{ManualReader, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use tokio::sync::mpsc;
 
+use super::log_record::{LogLine, LogRecords};
 use super::prometheus::SharedReader;
+use super::queue::{BatchSink, ExportQueue};
 use super::settings::ExportSettings;
 use super::span::SpanRecord;
 
-/// Spans waiting for export; beyond this they are dropped and counted.
-pub const SPAN_QUEUE: usize = 4096;
-/// Most spans in one export request.
-const MAX_BATCH: usize = 512;
+/// Spans (and, separately, log records) waiting for export; beyond this they are dropped
+/// and counted.
+pub const SPAN_QUEUE: usize = super::queue::QUEUE;
 /// One export call, retries included, gives up after this long.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,7 +43,8 @@ pub enum ExportError {
 /// The process's telemetry export; see [`start`].
 pub struct Telemetry {
     settings: ExportSettings,
-    spans: Option<SpanQueue>,
+    spans: Option<ExportQueue<SpanData>>,
+    logs: Option<LogRecords>,
     meters: Option<SdkMeterProvider>,
     prometheus: Option<SharedReader>,
     /// Runs the exporters' I/O; lives as long as the process.
@@ -84,6 +86,18 @@ pub fn export_span(span: SpanRecord) {
     }
 }
 
+/// Queues a job's log line for export as a log record; a no-op when logs are not exported.
+pub fn export_log(line: LogLine<'_>) {
+    if let Some(logs) = get().and_then(|t| t.logs.as_ref()) {
+        logs.push(line);
+    }
+}
+
+/// True when log records are exported.
+pub fn logs_enabled() -> bool {
+    get().is_some_and(|t| t.logs.is_some())
+}
+
 /// True when spans are exported (callers can skip building them otherwise).
 pub fn spans_enabled() -> bool {
     get().is_some_and(|t| t.spans.is_some())
@@ -113,7 +127,34 @@ impl Telemetry {
                         message: e.to_string(),
                     })?;
                 exporter.set_resource(&resource);
-                Some(SpanQueue::spawn(&runtime, exporter))
+                let sink = Spans(exporter);
+                Some(ExportQueue::spawn(
+                    runtime.handle(),
+                    sink,
+                    "spans",
+                    EXPORT_TIMEOUT,
+                ))
+            }
+            None => None,
+        };
+
+        let logs = match &settings.logs_endpoint {
+            Some(endpoint) => {
+                let mut exporter = opentelemetry_otlp::LogExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint.clone())
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .build()
+                    .map_err(|e| ExportError::Exporter {
+                        endpoint: endpoint.clone(),
+                        message: e.to_string(),
+                    })?;
+                exporter.set_resource(&resource);
+                Some(LogRecords::spawn(
+                    runtime.handle(),
+                    exporter,
+                    EXPORT_TIMEOUT,
+                ))
             }
             None => None,
         };
@@ -148,11 +189,13 @@ impl Telemetry {
             service = %settings.service_name,
             traces = settings.traces_endpoint.as_deref().unwrap_or("off"),
             metrics = settings.metrics_endpoint.as_deref().unwrap_or("off"),
+            logs = settings.logs_endpoint.as_deref().unwrap_or("off"),
             "telemetry export on"
         );
         Ok(Self {
             settings: settings.clone(),
             spans,
+            logs,
             meters,
             prometheus,
             _runtime: runtime,
@@ -167,20 +210,25 @@ impl Telemetry {
 
     /// Spans dropped so far (queue full, or the collector did not take them).
     pub fn dropped_spans(&self) -> u64 {
-        self.spans
-            .as_ref()
-            .map_or(0, |q| q.dropped.load(Ordering::Relaxed))
+        self.spans.as_ref().map_or(0, ExportQueue::dropped)
+    }
+
+    /// Log records dropped so far (queue full, or the collector did not take them).
+    pub fn dropped_logs(&self) -> u64 {
+        self.logs.as_ref().map_or(0, LogRecords::dropped)
     }
 
     /// Exports what is queued and the last metrics, giving up after `limit`. Blocks: call
     /// it off the async worker threads.
     pub fn shutdown(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        if let Some(queue) = &self.spans {
-            let (done, wait) = std::sync::mpsc::channel();
-            if queue.flush.send(done).is_ok() {
-                let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-            }
+        // Both queues flush at once; each wait is bounded by the same deadline.
+        let waits = [
+            self.spans.as_ref().and_then(ExportQueue::request_flush),
+            self.logs.as_ref().and_then(LogRecords::request_flush),
+        ];
+        for wait in waits.into_iter().flatten() {
+            let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
         }
         if let Some(provider) = self.meters.clone() {
             // The SDK's shutdown waits on its reader thread; bound it from here.
@@ -196,6 +244,13 @@ impl Telemetry {
             tracing::warn!(
                 dropped,
                 "telemetry: spans were dropped (queue full or collector unreachable)"
+            );
+        }
+        let dropped = self.dropped_logs();
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "telemetry: log records were dropped (queue full or collector unreachable)"
             );
         }
     }
@@ -215,148 +270,11 @@ fn resource(settings: &ExportSettings) -> Resource {
         .build()
 }
 
-/// The bounded span queue and its exporter task.
-struct SpanQueue {
-    tx: mpsc::Sender<SpanData>,
-    /// Flush requests: rare control messages, so unbounded; each carries its reply.
-    flush: mpsc::UnboundedSender<std::sync::mpsc::Sender<()>>,
-    dropped: Arc<AtomicU64>,
-}
+/// Spans to an OTLP span exporter.
+struct Spans<E>(E);
 
-impl SpanQueue {
-    fn spawn<E: SpanExporter + 'static>(runtime: &tokio::runtime::Runtime, exporter: E) -> Self {
-        let (tx, rx) = mpsc::channel(SPAN_QUEUE);
-        let (flush, flush_rx) = mpsc::unbounded_channel();
-        let dropped = Arc::new(AtomicU64::new(0));
-        runtime.spawn(export_loop(exporter, rx, flush_rx, dropped.clone()));
-        Self { tx, flush, dropped }
-    }
-
-    fn push(&self, span: SpanData) {
-        if self.tx.try_send(span).is_err() {
-            let before = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if before == 0 {
-                tracing::warn!("telemetry: span queue full; dropping spans (counted)");
-            }
-        }
-    }
-}
-
-/// Exports whatever is queued as soon as it is there (batches form while an export is in
-/// flight); answers flush requests after exporting everything queued before them.
-async fn export_loop<E: SpanExporter>(
-    exporter: E,
-    mut rx: mpsc::Receiver<SpanData>,
-    mut flush: mpsc::UnboundedReceiver<std::sync::mpsc::Sender<()>>,
-    dropped: Arc<AtomicU64>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        tokio::select! {
-            biased;
-            Some(done) = flush.recv() => {
-                while let Ok(span) = rx.try_recv() {
-                    batch.push(span);
-                    if batch.len() >= MAX_BATCH {
-                        export(&exporter, &mut batch, &dropped).await;
-                    }
-                }
-                export(&exporter, &mut batch, &dropped).await;
-                let _ = done.send(());
-            }
-            n = rx.recv_many(&mut batch, MAX_BATCH) => {
-                if n == 0 {
-                    return;
-                }
-                export(&exporter, &mut batch, &dropped).await;
-            }
-        }
-    }
-}
-
-async fn export<E: SpanExporter>(exporter: &E, batch: &mut Vec<SpanData>, dropped: &AtomicU64) {
-    if batch.is_empty() {
-        return;
-    }
-    let spans = std::mem::take(batch);
-    let count = spans.len() as u64;
-    let ok = matches!(
-        tokio::time::timeout(
-            EXPORT_TIMEOUT + Duration::from_secs(1),
-            exporter.export(spans)
-        )
-        .await,
-        Ok(Ok(()))
-    );
-    if !ok {
-        let before = dropped.fetch_add(count, Ordering::Relaxed);
-        tracing::debug!(
-            count,
-            dropped_before = before,
-            "telemetry: span export failed"
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use opentelemetry::trace::{SpanId, TraceId};
-    use opentelemetry_sdk::error::OTelSdkResult;
-    use std::sync::Mutex;
-
-    #[derive(Debug, Clone, Default)]
-    struct Collect(Arc<Mutex<Vec<SpanData>>>, bool);
-
-    impl SpanExporter for Collect {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            if self.1 {
-                return Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
-                    "down".into(),
-                ));
-            }
-            self.0.lock().unwrap().extend(batch);
-            Ok(())
-        }
-    }
-
-    fn span(n: u64) -> SpanData {
-        SpanRecord::new("s", TraceId::from(1u128), SpanId::from(n), SpanId::INVALID)
-            .times(0, 1)
-            .into_span_data()
-    }
-
-    fn flush(queue: &SpanQueue) {
-        let (done, wait) = std::sync::mpsc::channel();
-        queue.flush.send(done).unwrap();
-        wait.recv_timeout(Duration::from_secs(5)).unwrap();
-    }
-
-    #[test]
-    fn exports_and_flushes() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let sink = Collect::default();
-        let queue = SpanQueue::spawn(&rt, sink.clone());
-        (1..=1000).for_each(|n| queue.push(span(n)));
-        flush(&queue);
-        assert_eq!(sink.0.lock().unwrap().len(), 1000);
-        assert_eq!(queue.dropped.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn a_failing_collector_drops_and_counts() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let queue = SpanQueue::spawn(&rt, Collect(Default::default(), true));
-        (1..=10).for_each(|n| queue.push(span(n)));
-        flush(&queue);
-        assert_eq!(queue.dropped.load(Ordering::Relaxed), 10);
+impl<E: SpanExporter + 'static> BatchSink<SpanData> for Spans<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> bool {
+        self.0.export(batch).await.is_ok()
     }
 }

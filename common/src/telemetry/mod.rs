@@ -2,7 +2,7 @@
 //!
 //! - logs: `tracing` with an env filter (RUST_LOG), plain or JSON lines on stderr ([`init`])
 //!   or, for the Windows service, in a file ([`init_to_file`]);
-//! - export ([`export::start`]): OTLP/gRPC spans and metrics, only when configured
+//! - export ([`export::start`]): OTLP/gRPC spans, job log records and metrics, only when configured
 //!   ([`settings`]), plus metrics kept for a Prometheus scrape where asked;
 //! - spans built after the fact from events ([`span`]), with ids derived from the run,
 //!   task, execution and step ([`ids`]), so every process names its spans and their
@@ -12,13 +12,16 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 pub mod export;
 pub mod ids;
+pub mod log_record;
 pub mod metrics;
 pub mod prometheus;
+mod queue;
 pub mod settings;
 pub mod span;
 
-pub use export::{Telemetry, export_span, spans_enabled};
+pub use export::{Telemetry, export_log, export_span, logs_enabled, spans_enabled};
 pub use ids::TraceParent;
+pub use log_record::LogLine;
 pub use settings::ExportSettings;
 pub use span::SpanRecord;
 

@@ -3,7 +3,7 @@
 //! OpenTelemetry environment variables. The environment is passed in as a function, so
 //! tests never touch the process's.
 //!
-//! Precedence, per signal: `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT` (the most
+//! Precedence, per signal: `OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_ENDPOINT` (the most
 //! specific setting) → the binary's own setting → `OTEL_EXPORTER_OTLP_ENDPOINT`.
 //! `OTEL_SDK_DISABLED=true` turns OTLP export off whatever else is set.
 
@@ -11,6 +11,7 @@ pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 pub const OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT";
 pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 
@@ -23,6 +24,8 @@ pub struct ExportSettings {
     pub traces_endpoint: Option<String>,
     /// OTLP/gRPC endpoint for metrics; None: metrics are not pushed.
     pub metrics_endpoint: Option<String>,
+    /// OTLP/gRPC endpoint for job log lines as log records; None: not exported.
+    pub logs_endpoint: Option<String>,
     /// Extra resource attributes (`OTEL_RESOURCE_ATTRIBUTES`), in order.
     pub resource: Vec<(String, String)>,
     /// Keep metrics in-process for a Prometheus scrape (the sidecar's admin `/metrics`).
@@ -61,6 +64,7 @@ impl ExportSettings {
             service_name: get(OTEL_SERVICE_NAME).unwrap_or_else(|| default_service.to_owned()),
             traces_endpoint: pick(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
             metrics_endpoint: pick(OTEL_EXPORTER_OTLP_METRICS_ENDPOINT),
+            logs_endpoint: pick(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT),
             resource: get(OTEL_RESOURCE_ATTRIBUTES)
                 .map(|v| parse_resource_attributes(&v))
                 .unwrap_or_default(),
@@ -70,7 +74,10 @@ impl ExportSettings {
 
     /// Anything to export or keep at all.
     pub fn any(&self) -> bool {
-        self.traces_endpoint.is_some() || self.metrics_endpoint.is_some() || self.prometheus
+        self.traces_endpoint.is_some()
+            || self.metrics_endpoint.is_some()
+            || self.logs_endpoint.is_some()
+            || self.prometheus
     }
 }
 
@@ -146,6 +153,7 @@ mod tests {
         );
         assert_eq!(s.traces_endpoint.as_deref(), Some("http://traces:4317"));
         assert_eq!(s.metrics_endpoint.as_deref(), Some("http://own:4317"));
+        assert_eq!(s.logs_endpoint.as_deref(), Some("http://own:4317"));
         let s = resolve(
             None,
             &[(OTEL_EXPORTER_OTLP_ENDPOINT, "http://general:4317")],

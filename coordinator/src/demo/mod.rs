@@ -171,9 +171,18 @@ pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, Cl
     // Only now, with its sidecar gone, stop the simulated Agent.
     drop(agent);
     let code = result?;
+    // The picture of the run: its timeline report, next to the store or in --dir.
+    let out = args.dir.as_ref().map(|d| d.join("report.html"));
+    match crate::inspect::write_report(args.home.as_deref(), "last", out.as_deref()) {
+        Ok(path) => eprintln!(
+            "\nReport of this run (open it in a browser): {}",
+            path.display()
+        ),
+        Err(e) => eprintln!("\nwarning: the run's report could not be written: {e}"),
+    }
     // The run is in the central store: these work after the demo's sidecars are gone.
     let mut keep = String::from(
-        "\nThe run is kept in the central store. Look further:\n  coordinator runs\n  coordinator show last\n  coordinator logs last --task load-facts\n",
+        "\nThe run is kept in the central store. Look further:\n  coordinator runs\n  coordinator show last --timeline\n  coordinator logs last --task load-facts\n",
     );
     if args.dir.is_some() {
         keep.push_str(&format!(

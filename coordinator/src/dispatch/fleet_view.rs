@@ -103,6 +103,15 @@ pub(super) fn sidecar_state(name: &str, info: Option<&SidecarInfo>) -> SidecarSt
     }
 }
 
+/// Each reachable sidecar's slots, for `run_started` (the run report's capacity).
+pub(super) fn slots(states: &[SidecarState]) -> BTreeMap<String, u32> {
+    states
+        .iter()
+        .filter(|s| s.reachable && s.slots > 0)
+        .map(|s| (s.name.clone(), s.slots as u32))
+        .collect()
+}
+
 /// Expected duration per job: the largest median any sidecar reports (pessimistic, so
 /// long jobs start early).
 pub(super) fn expected_durations(infos: &BTreeMap<String, SidecarInfo>) -> BTreeMap<String, u64> {

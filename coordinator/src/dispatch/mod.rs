@@ -198,6 +198,7 @@ impl<'a> Dispatcher<'a> {
             plan: self.plan.name.clone(),
             tasks: self.plan.tasks.len(),
             sidecars: self.sidecars.keys().cloned().collect(),
+            slots: fleet_view::slots(&self.states),
         })
         .await;
         let (tx, mut rx) = mpsc::channel(EXEC_CHANNEL);

@@ -251,6 +251,7 @@ impl Reporter for LiveReporter {
                 plan,
                 tasks,
                 sidecars,
+                ..
             } => {
                 self.total = *tasks;
                 let text = format!(

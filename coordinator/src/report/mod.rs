@@ -4,6 +4,7 @@
 mod json;
 mod live;
 pub mod otel;
+pub mod otel_logs;
 mod plain;
 mod style;
 pub mod summary;
@@ -72,6 +73,10 @@ pub fn reporters(opts: ReportOptions) -> Vec<Box<dyn Reporter>> {
     if let Some(otel) = otel::OtelReporter::when_enabled() {
         out.push(Box::new(otel));
     }
+    // Job log lines as log records, when this process exports them.
+    if let Some(logs) = otel_logs::LogRecords::when_enabled() {
+        out.push(Box::new(logs));
+    }
     out
 }
 
@@ -127,6 +132,7 @@ pub(crate) mod test_support {
                     plan: "nightly-etl".into(),
                     tasks: 2,
                     sidecars: vec!["sql1".into(), "sql2".into()],
+                    slots: [("sql1".into(), 2), ("sql2".into(), 2)].into(),
                 },
             ),
             ev(100, RunEventKind::TaskPlaced { at: at.clone() }),

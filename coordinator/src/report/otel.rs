@@ -22,7 +22,8 @@ use crate::events::{RunEvent, RunEventKind, TaskOutcome};
 /// succeeded). Set by the command that knows the plan; without it only retries count.
 static DEPENDENCIES: Mutex<Option<BTreeMap<String, Vec<String>>>> = Mutex::new(None);
 
-/// Tells the reporter which tasks each task waits for (`after` in the plan).
+/// Tells the reporters which tasks each task waits for (`after` in the plan) and which
+/// job it runs.
 pub fn set_plan(plan: &crate::plan::Plan) {
     let deps = plan
         .tasks
@@ -33,6 +34,7 @@ pub fn set_plan(plan: &crate::plan::Plan) {
         })
         .collect();
     *DEPENDENCIES.lock().unwrap_or_else(|e| e.into_inner()) = Some(deps);
+    super::otel_logs::set_jobs(plan);
 }
 
 /// Records how long a sidecar event took to reach the coordinator (its own timestamp →

@@ -65,6 +65,7 @@ impl<W: Write + Send> PlainReporter<W> {
                 plan,
                 tasks,
                 sidecars,
+                ..
             } => format!(
                 "run {} started: plan \"{plan}\", {tasks} task{} on {} sidecar{} ({})",
                 ev.run_id,

@@ -15,6 +15,7 @@
 mod apply;
 mod batch;
 mod control;
+mod excerpts;
 mod history;
 mod lease;
 mod losses;
@@ -36,6 +37,7 @@ use rusqlite::Connection;
 
 pub use apply::{RUN_RUNNING, TASK_WAITING, task_is_final};
 pub use control::{Liveness, NewRun, driver_liveness, this_host};
+pub use excerpts::{ExcerptLine, LogExcerpt, RunFleet};
 pub use lease::{Driver, LEASE_RENEW_EVERY, LEASE_TTL, LeaseHolder, RUN_INCOMPLETE};
 pub use losses::{Losses, LostExecution};
 pub use queries::{ExecutionRow, LogRow, RunRow, RunSnapshot, StepRow, TaskRow, run_is_final};

@@ -22,6 +22,7 @@
 
 pub mod background;
 pub mod binaries;
+pub mod browser;
 pub mod coordinator;
 pub mod env;
 pub mod events;

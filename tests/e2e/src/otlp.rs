@@ -1,10 +1,16 @@
-//! An in-test OTLP/gRPC receiver on 127.0.0.1:0: the real binaries export their spans and
-//! metrics to it, and tests look at what arrived (with bounded waits, never fixed sleeps).
+//! An in-test OTLP/gRPC receiver on 127.0.0.1:0: the real binaries export their spans,
+//! log records and metrics to it, and tests look at what arrived (with bounded waits, never fixed sleeps).
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -43,9 +49,29 @@ impl ReceivedSpan {
     }
 }
 
+/// One received log record, flattened with its resource's `service.name`.
+#[derive(Debug, Clone)]
+pub struct ReceivedLog {
+    pub service: String,
+    /// Lower-case hex; empty when the record has none.
+    pub trace_id: String,
+    pub span_id: String,
+    pub body: String,
+    pub severity_text: String,
+    pub time_unix_nano: u64,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl ReceivedLog {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
 #[derive(Default)]
 struct Received {
     spans: Vec<ReceivedSpan>,
+    logs: Vec<ReceivedLog>,
     /// (service.name, metric name)
     metrics: BTreeSet<(String, String)>,
 }
@@ -83,6 +109,7 @@ impl OtlpReceiver {
         let server = tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(sink.clone()))
             .add_service(MetricsServiceServer::new(sink.clone()))
+            .add_service(LogsServiceServer::new(sink.clone()))
             .serve_with_incoming(incoming);
         runtime.spawn(server);
         Self {
@@ -99,6 +126,23 @@ impl OtlpReceiver {
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.sink.lock().spans.clone()
+    }
+
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.sink.lock().logs.clone()
+    }
+
+    /// Waits (bounded) until `done` holds for the log records received so far.
+    pub fn wait_for_logs(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[ReceivedLog]) -> bool,
+    ) -> Vec<ReceivedLog> {
+        crate::wait_until(timeout, what, || {
+            let logs = self.logs();
+            done(&logs).then_some(logs)
+        })
     }
 
     /// (service.name, metric name) of every metric received.
@@ -207,5 +251,34 @@ impl MetricsService for Sink {
             }
         }
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let mut received = self.lock();
+        for rl in request.into_inner().resource_logs {
+            let resource = rl
+                .resource
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for record in rl.scope_logs.into_iter().flat_map(|s| s.log_records) {
+                received.logs.push(ReceivedLog {
+                    service: service.clone(),
+                    trace_id: hex(&record.trace_id),
+                    span_id: hex(&record.span_id),
+                    body: text(&record.body),
+                    severity_text: record.severity_text,
+                    time_unix_nano: record.time_unix_nano,
+                    attributes: attributes(&record.attributes),
+                });
+            }
+        }
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }

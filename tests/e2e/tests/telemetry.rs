@@ -1,6 +1,7 @@
 //! OpenTelemetry end to end: the real coordinator and three real sidecars export to an
 //! in-test OTLP receiver; one run is one trace, run → task → execution → step across the
-//! two services, with the steps' real times and error status where a step failed. And a
+//! two services, with the steps' real times and error status where a step failed, and
+//! every job log line is a log record with the trace and span ids of its step. And a
 //! collector that is down never slows or breaks a run.
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -183,6 +184,57 @@ fn one_trace_per_run_across_coordinator_and_sidecars() {
     assert!(broken.error);
     assert!(tasks.iter().filter(|t| t.error).count() == 1);
     assert_eq!(executions.iter().filter(|e| e.error).count(), 1);
+
+    // Every log line is a log record in the run's trace, on the span of its step.
+    let logs = receiver.wait_for_logs(SPANS_TIMEOUT, "the run's log records", |logs| {
+        logs.iter().filter(|l| l.trace_id == run_id).count() >= 5
+    });
+    let logs: Vec<_> = logs.into_iter().filter(|l| l.trace_id == run_id).collect();
+    let bodies: BTreeSet<&str> = logs.iter().map(|l| l.body.as_str()).collect();
+    assert_eq!(
+        bodies,
+        BTreeSet::from(["extracting", "loaded", "error: the source is down"]),
+        "{logs:#?}"
+    );
+    assert_eq!(
+        logs.len(),
+        5,
+        "two lines per two-steps run, one of the failing one: {logs:#?}"
+    );
+    for log in &logs {
+        let step = ids
+            .get(log.span_id.as_str())
+            .unwrap_or_else(|| panic!("the record's span is a step span: {log:#?}"));
+        assert_eq!(step.name, "step", "{log:#?}");
+        assert_eq!(log.attr("step.name"), step.attr("step.name"), "{log:#?}");
+        assert_eq!(
+            log.attr("execution.id"),
+            step.attr("execution.id"),
+            "{log:#?}"
+        );
+        assert_eq!(log.attr("run.id"), Some(run_id.as_str()));
+        let task = log.attr("task.name").expect("task.name");
+        let job = if task == "broken" {
+            "fails"
+        } else {
+            "two-steps"
+        };
+        assert_eq!(log.attr("job.name"), Some(job), "{log:#?}");
+        assert_eq!(log.attr("task.attempt"), Some("1"));
+        assert!(log.attr("sidecar.name").is_some_and(|s| s.starts_with('s')));
+        // Stamped when the coordinator received it: after its step started, within the run.
+        assert!(
+            log.time_unix_nano >= step.start_unix_nano.saturating_sub(1_000_000)
+                && log.time_unix_nano <= run.end_unix_nano,
+            "the line's time: {log:#?}\n{step:#?}"
+        );
+    }
+    let stderr = logs
+        .iter()
+        .find(|l| l.body == "error: the source is down")
+        .expect("the failing line");
+    assert_eq!(stderr.attr("log.iostream"), Some("stderr"));
+    assert_eq!(stderr.severity_text, "WARN");
 
     // Each sidecar's admin port serves the same metrics in the Prometheus text format.
     let finished: usize = sidecars.iter().map(admin_finished_count).sum();
