@@ -55,6 +55,8 @@ pub enum ExecMsg {
     Refreshed {
         sidecar: String,
         info: crate::fleet::SidecarInfo,
+        /// Its running executions, (id, job), when it listed them.
+        running: Option<Vec<(String, String)>>,
     },
 }
 

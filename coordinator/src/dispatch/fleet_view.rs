@@ -1,12 +1,12 @@
 //! The dispatcher's view of the fleet: what each sidecar offers, which parameters its jobs
 //! declare, and what can never be placed.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::Dispatcher;
+use super::{Dispatcher, State};
 use crate::execution::ExecMsg;
 use crate::fleet::{Sidecar, SidecarInfo};
 use crate::schedule::{self, SidecarState};
@@ -131,18 +131,78 @@ pub(super) fn expected_durations(infos: &BTreeMap<String, SidecarInfo>) -> BTree
 pub(super) async fn refresh(sidecars: Vec<Sidecar>, tx: mpsc::Sender<ExecMsg>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        for (sidecar, info) in crate::fleet::probe(&sidecars).await {
-            if tx.send(ExecMsg::Refreshed { sidecar, info }).await.is_err() {
+        let infos = crate::fleet::probe(&sidecars).await;
+        let lists = sidecars.iter().map(|s| {
+            let reachable = infos.get(&s.name).is_some_and(|i| i.reachable);
+            async move {
+                let running = if reachable {
+                    running_executions(s).await
+                } else {
+                    None
+                };
+                (s.name.clone(), running)
+            }
+        });
+        let mut lists: HashMap<String, Option<Vec<(String, String)>>> =
+            futures::future::join_all(lists).await.into_iter().collect();
+        for (sidecar, info) in infos {
+            let running = lists.remove(&sidecar).flatten();
+            let msg = ExecMsg::Refreshed {
+                sidecar,
+                info,
+                running,
+            };
+            if tx.send(msg).await.is_err() {
                 return;
             }
         }
     }
 }
 
+/// A sidecar's running executions as (id, job); None when it does not answer in time.
+async fn running_executions(sidecar: &Sidecar) -> Option<Vec<(String, String)>> {
+    let mut client = sidecar.client.clone();
+    let request = agentfleet_common::proto::ListExecutionsRequest { running_only: true };
+    let reply = tokio::time::timeout(LIST_TIMEOUT, client.list_executions(request))
+        .await
+        .ok()?
+        .ok()?;
+    Some(
+        reply
+            .into_inner()
+            .executions
+            .into_iter()
+            .map(|e| (e.execution_id, e.job))
+            .collect(),
+    )
+}
+
+/// How long a sidecar gets to list its running executions during a refresh.
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Dispatcher<'_> {
-    /// Takes a sidecar's fresh view of itself. Its running count and jobs include our own
-    /// executions; a start that races with this is refused by the sidecar and placed again.
-    pub(super) fn on_refreshed(&mut self, name: &str, info: &SidecarInfo) {
+    /// Takes a sidecar's fresh view of itself: what it offers, its slots, and what others
+    /// run there. Our own executions are counted from our own bookkeeping, not from its
+    /// snapshot: the snapshot misses our starts still in flight and still lists ours that
+    /// ended just before it was taken, and either would make us place too many (a refused
+    /// start and a cooldown) or too few (idle slots until the next refresh).
+    pub(super) fn on_refreshed(
+        &mut self,
+        name: &str,
+        info: &SidecarInfo,
+        running: Option<&[(String, String)]>,
+    ) {
+        // Every execution of ours this run knows (running or ended), and ours running here.
+        let mut ours_known: HashSet<&str> = HashSet::new();
+        let mut ours_here: Vec<&str> = Vec::new();
+        for (run, task) in self.tasks.iter().zip(&self.plan.tasks) {
+            if let Some(id) = run.execution_id.as_deref() {
+                ours_known.insert(id);
+            }
+            if matches!(&run.state, State::Running { sidecar } if sidecar == name) {
+                ours_here.push(task.job.as_str());
+            }
+        }
         let Some(state) = self.states.iter_mut().find(|s| s.name == name) else {
             return;
         };
@@ -151,7 +211,57 @@ impl Dispatcher<'_> {
             state.reachable = false;
             return;
         }
-        let fresh = sidecar_state(name, Some(info));
+        let mut fresh = sidecar_state(name, Some(info));
+        if let Some(running) = running {
+            count_running(&mut fresh, running, &ours_known, &ours_here);
+        }
         *state = fresh;
+    }
+}
+
+/// Sets what runs on a sidecar: the executions it listed that are not ours (`ours_known`:
+/// every execution of ours, running or ended), plus the jobs of ours running there
+/// (`ours_here`) as our own bookkeeping has them.
+fn count_running(
+    state: &mut SidecarState,
+    listed: &[(String, String)],
+    ours_known: &HashSet<&str>,
+    ours_here: &[&str],
+) {
+    state.running = 0;
+    state.running_jobs.clear();
+    let others = listed
+        .iter()
+        .filter(|(id, _)| !ours_known.contains(id.as_str()))
+        .map(|(_, job)| job.as_str());
+    for job in others.chain(ours_here.iter().copied()) {
+        state.started(job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_counts_others_from_the_sidecar_and_ours_from_our_bookkeeping() {
+        let mut state = sidecar_state("s1", None);
+        let listed: Vec<(String, String)> = [
+            ("ours-running", "load"),
+            // Ours, ended after the sidecar listed it: not running any more.
+            ("ours-ended", "load"),
+            ("theirs", "other"),
+        ]
+        .into_iter()
+        .map(|(id, job)| (id.to_owned(), job.to_owned()))
+        .collect();
+        let ours_known =
+            HashSet::from(["ours-running", "ours-ended", "in-flight-1", "in-flight-2"]);
+        // Ours running there: one it listed, two whose starts it had not taken yet. The
+        // snapshot alone says 3 run (2 of `load`): one too many ended, two too few started.
+        count_running(&mut state, &listed, &ours_known, &["load", "load", "load"]);
+        assert_eq!(state.running, 4);
+        assert_eq!(state.instances_running("load"), 3);
+        assert_eq!(state.instances_running("other"), 1);
     }
 }

@@ -413,7 +413,11 @@ impl<'a> Dispatcher<'a> {
         match msg {
             ExecMsg::Event { kind, .. } => self.emit(kind).await,
             ExecMsg::Done { task_index, result } => self.on_done(task_index, result).await,
-            ExecMsg::Refreshed { sidecar, info } => self.on_refreshed(&sidecar, &info),
+            ExecMsg::Refreshed {
+                sidecar,
+                info,
+                running,
+            } => self.on_refreshed(&sidecar, &info, running.as_deref()),
         }
     }
 
