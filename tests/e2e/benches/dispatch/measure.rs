@@ -237,40 +237,46 @@ pub fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Event lag per started task, in ms: from the Started event's time in the sidecar's
-/// journal (the sidecar's clock) to the coordinator's `task_started` (its receipt, on the
-/// same machine's clock), sorted.
-pub fn event_lags(out: &CoordinatorOutput, sidecars: &[Sidecar]) -> Vec<i64> {
+/// The time of each execution's Started event in the sidecars' journals (the sidecar's
+/// clock), by execution id. Read while the executions run: a sidecar prunes a journal once
+/// the coordinator has stored it.
+pub fn started_times(sidecars: &[Sidecar]) -> HashMap<String, i64> {
     use agentfleet_common::proto::{Event, event::Kind};
     use prost::Message as _;
-    let mut lags = Vec::new();
-    for e in out.events().of_type("task_started") {
-        let (Some(id), Some(name), Some(ts)) = (
-            e["execution_id"].as_str(),
-            e["sidecar"].as_str(),
-            e["ts"].as_str(),
-        ) else {
+    let mut times = HashMap::new();
+    for sidecar in sidecars {
+        let Ok(dirs) = std::fs::read_dir(sidecar.state_dir().join("executions")) else {
             continue;
         };
-        let Some(sidecar) = sidecars.iter().find(|s| s.name() == name) else {
-            continue;
-        };
-        let path = sidecar
-            .state_dir()
-            .join("executions")
-            .join(id)
-            .join("events.pb");
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        let mut buf = bytes.as_slice();
-        while let Ok(event) = Event::decode_length_delimited(&mut buf) {
-            if matches!(event.kind, Some(Kind::Started(_))) {
-                lags.push(ms(ts) - event.ts_ms);
-                break;
+        for dir in dirs.flatten() {
+            let Ok(bytes) = std::fs::read(dir.path().join("events.pb")) else {
+                continue;
+            };
+            let mut buf = bytes.as_slice();
+            while let Ok(event) = Event::decode_length_delimited(&mut buf) {
+                if matches!(event.kind, Some(Kind::Started(_))) {
+                    times.insert(event.execution_id, event.ts_ms);
+                    break;
+                }
             }
         }
     }
+    times
+}
+
+/// Event lag per started task, in ms, sorted: from the Started event's time in the
+/// sidecar's journal to the coordinator's `task_started` (its receipt; one machine, one
+/// clock).
+pub fn event_lags(out: &CoordinatorOutput, started: &HashMap<String, i64>) -> Vec<i64> {
+    let mut lags: Vec<i64> = out
+        .events()
+        .of_type("task_started")
+        .into_iter()
+        .filter_map(|e| {
+            let at = started.get(e["execution_id"].as_str()?)?;
+            Some(ms(e["ts"].as_str()?) - at)
+        })
+        .collect();
     lags.sort_unstable();
     lags
 }

@@ -181,6 +181,7 @@ pub fn scale(executions: usize) -> Vec<Row> {
         .sum();
     let mut host = (0u64, 0u64, 0usize); // (supervisor PSS kB, sidecar RSS kB, supervisors)
     let mut all_running = Duration::ZERO;
+    let mut started = std::collections::HashMap::new();
     let m = measure::run(&env, &plan, &fleet, &fleet_sidecars, false, |coordinator| {
         let began = Instant::now();
         let pids = wait_until(Duration::from_secs(120), "every execution to run", || {
@@ -198,11 +199,12 @@ pub fn scale(executions: usize) -> Vec<Row> {
             .map(|p| proc_field(p, "status", "VmRSS:"))
             .sum();
         host = (pss, rss, pids.len());
+        started = measure::started_times(&fleet_sidecars);
         let _ = coordinator;
     });
     let l = measure::latencies(&m.out);
     assert_eq!(m.out.code(), Some(0), "{}", m.out);
-    let lags = measure::event_lags(&m.out, &fleet_sidecars);
+    let lags = measure::event_lags(&m.out, &started);
     let (pss, rss, n) = host;
     let per_execution_kib = (pss + rss.saturating_sub(sidecar_rss_before)) / n.max(1) as u64;
     vec![
