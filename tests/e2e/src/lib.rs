@@ -38,6 +38,7 @@ pub mod sidecar;
 pub mod standin;
 pub mod tmpfs;
 pub mod wait;
+pub mod wine;
 
 pub use coordinator::CoordinatorOutput;
 pub use env::TestEnv;
