@@ -54,10 +54,10 @@ pub fn unit_text(
 }
 
 /// What the service (and so every command job) gives up, root or not: what no job of a
-/// database server's scheduler should need. Jobs keep the network, their working
-/// directories, /var, /srv, /opt and /tmp (shared with the host), and read access to the
-/// rest. README "Running as a service on Linux" says how to widen it for a job that needs
-/// more. Left out on purpose:
+/// database server's scheduler should need. Jobs keep the network, /tmp (shared with the
+/// host), write access everywhere but /usr, /boot, /etc and home directories, and read
+/// access to those. README "Running as a service on Linux" says how to widen it for a job
+/// that needs more. Left out on purpose:
 /// - PrivateTmp: its directories are removed when the unit stops, but running command
 ///   jobs outlive a stop or restart of the sidecar (KillMode=process), and would lose
 ///   their temporary files mid-run.
