@@ -197,13 +197,16 @@ impl Sidecar {
     fn spawn(&mut self, listen: &str) {
         std::fs::write(&self.config, self.config_text(listen)).expect("write the sidecar config");
         let stderr = append(&self.stderr_log);
-        let mut cmd = match &self.options.wine {
-            Some(wine) => wine.command("sidecar"),
-            None => Command::new(binaries::binary("sidecar")),
+        let (mut cmd, config) = match &self.options.wine {
+            Some(wine) => (wine.command("sidecar"), windows_path(&self.config).into()),
+            None => (
+                Command::new(binaries::binary("sidecar")),
+                self.config.clone().into_os_string(),
+            ),
         };
         cmd.arg("serve")
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
