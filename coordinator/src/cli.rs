@@ -41,6 +41,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Self-contained tour: local sidecars with sample jobs (mTLS on), a sample plan, live progress.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Run a plan: place each task on a sidecar, follow every step live; exit code as documented.
     Run(RunArgs),
@@ -66,8 +67,13 @@ pub enum Command {
     #[command(subcommand)]
     Pki(PkiCommand),
     /// Internal: the supervisor of one command job of the demo's in-process sidecars.
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     Supervise(agentfleet_sidecar::supervisor::SuperviseArgs),
+    /// Internal: one step of the demo's sample command jobs (prints, sleeps, fails as told).
+    #[cfg(feature = "demo")]
+    #[command(hide = true)]
+    DemoStep(crate::demo::DemoStepArgs),
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod cli;
 pub mod commands;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dispatch;
 pub mod error;

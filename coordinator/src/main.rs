@@ -5,13 +5,21 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use agentfleet_coordinator::cli::{Cli, Command};
-use agentfleet_coordinator::{attach, commands, demo, error::CliError, inspect, pki};
+use agentfleet_coordinator::{attach, commands, error::CliError, inspect, pki};
 
 fn main() {
     let cli = Cli::parse();
-    if let Command::Supervise(args) = &cli.command {
-        // The demo's sidecars start their command jobs' supervisors as this binary.
-        std::process::exit(i32::from(agentfleet_sidecar::supervisor::main(args)));
+    #[cfg(feature = "demo")]
+    match &cli.command {
+        // The demo's sidecars start their command jobs' supervisors, and the supervisors
+        // the sample steps, as this binary.
+        Command::Supervise(args) => {
+            std::process::exit(i32::from(agentfleet_sidecar::supervisor::main(args)));
+        }
+        Command::DemoStep(args) => {
+            std::process::exit(i32::from(agentfleet_coordinator::demo::step_main(args)));
+        }
+        _ => {}
     }
     agentfleet_common::tls::install_crypto_provider();
     agentfleet_common::telemetry::init(&cli.log, agentfleet_common::telemetry::LogFormat::Plain);
@@ -70,11 +78,15 @@ async fn dispatch(command: Command, home: Option<PathBuf>) -> Result<i32, CliErr
         Command::Validate(args) => commands::validate(args).await,
         Command::Sidecars(args) => commands::sidecars(args).await,
         Command::Jobs(args) => commands::jobs(args).await,
+        #[cfg(feature = "demo")]
         Command::Demo(mut args) => {
             args.home = home;
-            demo::run(args, agentfleet_common::shutdown::install()).await
+            agentfleet_coordinator::demo::run(args, agentfleet_common::shutdown::install()).await
         }
-        Command::Supervise(_) => unreachable!("handled before the runtime starts"),
+        #[cfg(feature = "demo")]
+        Command::Supervise(_) | Command::DemoStep(_) => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Pki(command) => pki::run_command(command),
     }
 }

@@ -258,6 +258,7 @@ pub async fn serve(
         }
     };
     tracing::info!(name = %config.name, %addr, slots = config.slots, "sidecar listening");
+    crate::service::notify::ready(&addr);
 
     let early = tokio::select! {
         () = shutdown.cancelled() => None,
@@ -276,6 +277,7 @@ pub async fn serve(
     }
 
     tracing::info!("shutting down: reporting NOT_SERVING and stopping running executions");
+    crate::service::notify::stopping();
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod notify;
 pub mod systemd;
 #[cfg(windows)]
 pub mod windows;

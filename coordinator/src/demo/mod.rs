@@ -12,6 +12,9 @@ use crate::error::CliError;
 use crate::pki;
 
 mod sqlagent;
+mod step;
+
+pub use step::{DemoStepArgs, main as step_main};
 
 const PLAN: &str = include_str!("plan.toml");
 const JOBS: &str = include_str!("jobs.toml");
@@ -198,12 +201,24 @@ pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, Cl
     Ok(code)
 }
 
-/// Writes `DIR/NAME/sidecar.toml` offering `jobs` from the embedded sample jobs.
+/// Writes `DIR/NAME/sidecar.toml` offering `jobs` from the embedded sample jobs, whose
+/// steps run `coordinator demo-step` as this very binary (see `step.rs`).
 fn write_sidecar_config(dir: &Path, name: &str, jobs: &[&str]) -> Result<PathBuf, CliError> {
+    let this = std::env::current_exe()
+        .map_err(|e| CliError::failed(format!("demo: failed to find this program's path: {e}")))?;
+    let mut config = base_config(name);
+    config.insert(
+        "job".into(),
+        sample_jobs(jobs, &this.display().to_string())?,
+    );
+    write_config(dir, name, &config)
+}
+
+/// The embedded sample jobs named in `jobs`, with `program` in place of `coordinator`.
+fn sample_jobs(jobs: &[&str], program: &str) -> Result<toml::Value, CliError> {
     let all: toml::Table =
         toml::from_str(JOBS).map_err(|e| CliError::failed(format!("demo jobs: {e}")))?;
-    let demo_dir = dir.display().to_string();
-    let selected: Vec<toml::Value> = all["job"]
+    let mut selected: Vec<toml::Value> = all["job"]
         .as_array()
         .into_iter()
         .flatten()
@@ -213,18 +228,18 @@ fn write_sidecar_config(dir: &Path, name: &str, jobs: &[&str]) -> Result<PathBuf
                 .is_some_and(|n| jobs.contains(&n))
         })
         .cloned()
-        .map(|mut j| {
-            if let Some(t) = j.as_table_mut() {
-                let mut env = toml::Table::new();
-                env.insert("DEMO_DIR".into(), toml::Value::String(demo_dir.clone()));
-                t.insert("env".into(), toml::Value::Table(env));
-            }
-            j
-        })
         .collect();
-    let mut config = base_config(name);
-    config.insert("job".into(), toml::Value::Array(selected));
-    write_config(dir, name, &config)
+    let runs = selected
+        .iter_mut()
+        .filter_map(|job| job.get_mut("step")?.as_array_mut())
+        .flatten()
+        .filter_map(|step| step.get_mut("run")?.as_array_mut()?.first_mut());
+    for first in runs {
+        if first.as_str() == Some("coordinator") {
+            *first = program.into();
+        }
+    }
+    Ok(toml::Value::Array(selected))
 }
 
 /// The settings every demo sidecar shares: loopback, mTLS with the demo CA, short stop grace.
@@ -289,4 +304,36 @@ async fn start_sidecar(
         }
     });
     Ok((addr, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sample step runs this binary's `demo-step` (no shell: the demo runs on Windows
+    /// too), and its actions parse.
+    #[test]
+    fn sample_steps_run_demo_step_of_this_binary() {
+        let names: Vec<&str> = SIDECARS
+            .iter()
+            .flat_map(|(_, jobs)| *jobs)
+            .copied()
+            .collect();
+        let jobs = sample_jobs(&names, "/opt/bin/coordinator").unwrap();
+        let mut steps = 0;
+        for job in jobs.as_array().unwrap() {
+            for step in job["step"].as_array().unwrap() {
+                let run: Vec<&str> = step["run"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
+                assert_eq!(run[..2], ["/opt/bin/coordinator", "demo-step"], "{run:?}");
+                step::check(&run[2..]).unwrap();
+                steps += 1;
+            }
+        }
+        assert!(steps >= 15, "{steps} sample steps");
+    }
 }

@@ -3,7 +3,7 @@
 //! end together. The job is created with kill-on-job-close: closing its one handle ends
 //! every process still in it, whether that happens on purpose (after the grace) or
 //! because the supervising code was dropped. Built with the safe `win32job` API; this
-//! file type-checks in CI (cross-checked for `x86_64-pc-windows-gnu`) but does not run there.
+//! file type-checks in CI and runs there under Wine (`tests/e2e/tests/windows.rs`).
 //!
 //! Limits:
 //! - the program is assigned to the job just after it starts (std cannot start it

@@ -3,7 +3,7 @@
 //! thread to the service dispatcher, whose service main runs the same serve path as
 //! `sidecar serve`. The control handler turns Stop and Shutdown into a shutdown request on
 //! the root cancellation token, as SIGTERM does on Linux. Built on the safe
-//! `windows-service` API; type-checked in CI, not run there.
+//! `windows-service` API; runs in CI under Wine's service manager (`tests/e2e/tests/windows.rs`).
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -36,6 +36,9 @@ const ACCESS_DENIED: i32 = 5;
 const SERVICE_DOES_NOT_EXIST: i32 = 1060;
 /// `ERROR_SERVICE_NOT_ACTIVE`: asked to stop a service that is not running.
 const SERVICE_NOT_ACTIVE: i32 = 1062;
+/// `ERROR_INVALID_LEVEL`: the service manager does not know a setting (Wine's lacks
+/// delayed start).
+const INVALID_LEVEL: i32 = 124;
 /// How often `uninstall` looks whether the service has stopped.
 const STOP_POLL: Duration = Duration::from_millis(250);
 /// The wait hint while starting: loading the config and binding the port.
@@ -128,7 +131,8 @@ pub fn install(
     let configure = || scm(format!("configure the Windows service {SERVICE_NAME}"));
     service.set_description(DESCRIPTION).map_err(configure())?;
     // Delayed: after the services that start at once (SQL Server, the network stack).
-    service.set_delayed_auto_start(true).map_err(configure())?;
+    let delayed = service.set_delayed_auto_start(true);
+    unless_unknown(delayed, "delayed start", &mut done).map_err(configure())?;
     service
         .update_failure_actions(ServiceFailureActions {
             reset_period: ServiceFailureResetPeriod::After(FAILURE_RESET),
@@ -147,9 +151,8 @@ pub fn install(
         .map_err(configure())?;
     // Restart also when the sidecar stops with an error it reported (not only on crashes),
     // as systemd's Restart=on-failure does.
-    service
-        .set_failure_actions_on_non_crash_failures(true)
-        .map_err(configure())?;
+    let on_errors = service.set_failure_actions_on_non_crash_failures(true);
+    unless_unknown(on_errors, "restarts after reported errors", &mut done).map_err(configure())?;
     done.extend(spec.describe().into_iter().map(|l| format!("  {l}")));
 
     let state = service
@@ -172,6 +175,24 @@ pub fn install(
         spec.log_file.display()
     ));
     Ok(done)
+}
+
+/// A setting Windows has had since Vista, which another service manager (Wine's) may not
+/// know (`ERROR_INVALID_LEVEL`): without it the service still works, so say so and go on.
+fn unless_unknown(
+    result: windows_service::Result<()>,
+    setting: &str,
+    done: &mut Vec<String>,
+) -> windows_service::Result<()> {
+    match result {
+        Err(windows_service::Error::Winapi(e)) if e.raw_os_error() == Some(INVALID_LEVEL) => {
+            done.push(format!(
+                "note: this service manager does not support {setting} ({e}); left out"
+            ));
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Stops the service (waiting for it, bounded) and deletes it; returns what it did.

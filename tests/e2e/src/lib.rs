@@ -39,6 +39,7 @@ pub mod sidecar;
 pub mod standin;
 pub mod tmpfs;
 pub mod wait;
+pub mod wine;
 
 pub use coordinator::CoordinatorOutput;
 pub use env::TestEnv;

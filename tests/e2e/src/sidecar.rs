@@ -12,6 +12,7 @@ use crate::binaries;
 use crate::files::{toml_list, toml_path, toml_str};
 use crate::pki::Pki;
 use crate::process::{self, send_signal};
+use crate::wine::{Wine, windows_path};
 
 /// How long a sidecar may take to bind and say so.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -32,6 +33,8 @@ pub struct SidecarOptions {
     pub tls_toml: String,
     /// Extra environment of the sidecar process.
     pub env: Vec<(String, String)>,
+    /// Run the Windows `sidecar.exe` under Wine instead, with Windows paths in its config.
+    pub wine: Option<Wine>,
 }
 
 impl Default for SidecarOptions {
@@ -43,6 +46,7 @@ impl Default for SidecarOptions {
             extra_toml: String::new(),
             tls_toml: String::new(),
             env: Vec::new(),
+            wine: None,
         }
     }
 }
@@ -162,6 +166,14 @@ impl Sidecar {
         );
     }
 
+    /// A path as the sidecar names it: Windows paths (`Z:\...`) under Wine.
+    fn path_toml(&self, path: &Path) -> String {
+        match &self.options.wine {
+            Some(_) => toml_str(windows_path(path)),
+            None => toml_path(path),
+        }
+    }
+
     fn config_text(&self, listen: &str) -> String {
         let tls = self.pki.pair(&self.name);
         format!(
@@ -170,12 +182,12 @@ impl Sidecar {
             name = toml_str(&self.name),
             listen = toml_str(listen),
             slots = self.options.slots,
-            state = toml_path(&self.state_dir),
+            state = self.path_toml(&self.state_dir),
             grace = toml_str(&self.options.stop_grace),
             extra = self.options.extra_toml,
-            cert = toml_path(&tls.cert),
-            key = toml_path(&tls.key),
-            ca = toml_path(&self.pki.ca()),
+            cert = self.path_toml(&tls.cert),
+            key = self.path_toml(&tls.key),
+            ca = self.path_toml(&self.pki.ca()),
             allow = toml_list(&self.options.allow_clients),
             tls_extra = self.options.tls_toml,
             jobs = self.jobs_toml,
@@ -185,10 +197,16 @@ impl Sidecar {
     fn spawn(&mut self, listen: &str) {
         std::fs::write(&self.config, self.config_text(listen)).expect("write the sidecar config");
         let stderr = append(&self.stderr_log);
-        let mut cmd = Command::new(binaries::binary("sidecar"));
+        let (mut cmd, config) = match &self.options.wine {
+            Some(wine) => (wine.command("sidecar"), windows_path(&self.config).into()),
+            None => (
+                Command::new(binaries::binary("sidecar")),
+                self.config.clone().into_os_string(),
+            ),
+        };
         cmd.arg("serve")
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -245,7 +263,11 @@ impl Drop for Sidecar {
         // Command executions run under supervisor processes that outlive the sidecar by
         // design (`sidecar supervise --execution-dir STATE_DIR/...`); a test must not leave
         // them, or their jobs, behind. The state dir is unique to this test.
-        if let Some(state_dir) = self.state_dir.to_str() {
+        let state_dir = match &self.options.wine {
+            Some(_) => Some(windows_path(&self.state_dir)),
+            None => self.state_dir.to_str().map(str::to_owned),
+        };
+        if let Some(state_dir) = state_dir.as_deref() {
             let leftovers = process::with_descendants(&process::pids_with_arg(state_dir));
             for pid in leftovers {
                 send_signal(pid, nix::sys::signal::Signal::SIGKILL);
