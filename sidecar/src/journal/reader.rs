@@ -154,12 +154,24 @@ pub fn resume_state(path: &Path) -> std::io::Result<crate::backend::ResumeState>
 /// Reads whole records from `offset`, about `budget` bytes of them; returns them and the
 /// offset after the last one. A record still being written is left for the next call.
 pub fn read_from(path: &Path, offset: u64, budget: usize) -> std::io::Result<(Vec<Event>, u64)> {
+    read_until(path, offset, budget, u64::MAX)
+}
+
+/// [`read_from`], stopping before the first record whose seq is above `max_seq` (the
+/// offset returned is that record's, so the next call reads it again).
+pub fn read_until(
+    path: &Path,
+    offset: u64,
+    budget: usize,
+    max_seq: u64,
+) -> std::io::Result<(Vec<Event>, u64)> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut r = BufReader::new(file);
     let (mut events, mut pos, mut read) = (Vec::new(), offset, 0usize);
     while read < budget {
         match next_record(&mut r)? {
+            Next::Record(e, _) if e.seq > max_seq => break,
             Next::Record(e, n) => {
                 events.push(e);
                 pos += n;
@@ -195,7 +207,11 @@ pub fn watch(
             };
             if read_seq < known || writer_gone {
                 let p = path.clone();
-                let chunk = tokio::task::spawn_blocking(move || read_from(&p, offset, READ_BUDGET)).await;
+                // Only what the writer published (it publishes once fdatasynced): bytes
+                // after that may still be cut back by a failed sync and their seq reused,
+                // and the sidecar frees the slot only when it has taken the Finished event.
+                let max_seq = if writer_gone { u64::MAX } else { known };
+                let chunk = tokio::task::spawn_blocking(move || read_until(&p, offset, READ_BUDGET, max_seq)).await;
                 let (events, next) = match chunk {
                     Ok(Ok(pair)) => pair,
                     Ok(Err(e)) => {

@@ -358,3 +358,43 @@ fn a_record_keeps_who_started_it_and_older_records_still_load() {
     let loaded: ExecutionRecord = serde_json::from_slice(old).unwrap();
     assert_eq!(loaded.started_by, "");
 }
+
+/// A watcher delivers only what the writer published (after its fdatasync): bytes
+/// already in the file past that may still be cut back and their seq reused, and the
+/// sidecar frees the slot when it takes the Finished event, not when a watcher reads it.
+#[tokio::test]
+async fn a_watcher_never_runs_ahead_of_what_was_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let (mut file, progress) = journal.create(&record("p1")).unwrap();
+    let (tx, _) = watch::channel(progress);
+    // Written to the file, not (yet) published: Started and Finished.
+    let started = Event {
+        execution_id: "p1".into(),
+        seq: 2,
+        ts_ms: 1,
+        kind: Some(Kind::Started(proto::Started { step_count: 1 })),
+    };
+    let end = finished_event("p1", 3, proto::Outcome::Succeeded, "done");
+    file.append(&encode(&[started.clone(), end.clone()]))
+        .unwrap();
+
+    let mut stream = Box::pin(reader::watch(
+        journal.events_path("p1"),
+        0,
+        tx.subscribe(),
+        CancellationToken::new(),
+    ));
+    assert_eq!(stream.next().await.unwrap().unwrap().seq, 1, "Accepted");
+    let early = tokio::time::timeout(std::time::Duration::from_millis(200), stream.next()).await;
+    assert!(
+        early.is_err(),
+        "delivered before it was published: {early:?}"
+    );
+
+    tx.send_modify(|p| p.observe(&started));
+    assert_eq!(stream.next().await.unwrap().unwrap(), started);
+    tx.send_modify(|p| p.observe(&end));
+    assert_eq!(stream.next().await.unwrap().unwrap(), end);
+    assert!(stream.next().await.is_none());
+}
