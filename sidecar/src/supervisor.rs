@@ -166,7 +166,11 @@ pub fn main(args: &SuperviseArgs) -> u8 {
             return 1;
         }
     };
-    match runtime.block_on(run::supervise(&args.execution_dir)) {
+    let result = runtime.block_on(run::supervise(&args.execution_dir));
+    // Everything the execution needed is done (its journal is written); a read of the
+    // sidecar's pipe still pending on a blocking thread must not hold the exit.
+    runtime.shutdown_background();
+    match result {
         Ok(done) => {
             tracing::info!(execution_dir = %args.execution_dir.display(), ?done, "supervisor done");
             0

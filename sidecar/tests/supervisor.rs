@@ -21,7 +21,8 @@ const LINES: u32 = 20;
 
 /// `count`: prints LINES numbered lines over ~2 s and appends one line per run to `runs`.
 /// `sleepy`: runs until stopped. `chatty`: prints an 8000-byte line every 10 ms (more
-/// than a page: on a full disk each append fails) until stopped.
+/// than a page: on a full disk each append fails) until stopped, and a line per line
+/// printed to `ticks` (outside the state directory).
 fn jobs(dir: &Path) -> Vec<JobConfig> {
     let runs = dir.join("runs");
     let toml = format!(
@@ -42,7 +43,7 @@ run = ["sleep", "600"]
 name = "chatty"
 [[job.step]]
 name = "talk"
-run = ["sh", "-c", "while true; do printf '%8000s\\n' chatty-line; sleep 0.01; done"]
+run = ["sh", "-c", "while true; do printf '%8000s\\n' chatty-line; echo t >> '{ticks}'; sleep 0.01; done"]
 
 [[job]]
 name = "quick"
@@ -50,7 +51,8 @@ name = "quick"
 name = "say"
 run = ["sh", "-c", "echo hello; echo oops >&2"]
 "#,
-        runs = runs.display()
+        runs = runs.display(),
+        ticks = dir.join("ticks").display()
     );
     #[derive(serde::Deserialize)]
     struct File {
@@ -325,6 +327,18 @@ async fn a_full_disk_neither_blocks_stop_nor_hides_the_end() {
     reg.start(req(&id("f1"), "chatty"), "tester").await.unwrap();
     // Full, but for the slack in pages already allocated, which no 8000-byte line fits.
     let filler = fill(&state);
+    // Stop only once the job printed lines the full disk refused: the sidecar tells the
+    // supervisor of a stop at once, which could otherwise come before the next line.
+    let ticks_path = dir.path().join("ticks");
+    let ticks = || std::fs::read(&ticks_path).map_or(0, |t| t.len());
+    let before = ticks();
+    tokio::time::timeout(PATIENCE, async {
+        while ticks() < before + 2 * 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the job goes on printing on a full disk");
 
     reg.stop(&id("f1"), "test", "tester")
         .await

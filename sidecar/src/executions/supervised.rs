@@ -160,6 +160,11 @@ impl Follower {
     async fn run(mut self, mut child: Option<Child>, stop: CancellationToken) {
         let id = self.entry.record.execution_id.clone();
         let mut notify = child.as_mut().and_then(|c| c.stdout.take());
+        // The supervisor's stdin: one byte on it says "a stop file is there" (written
+        // before `stop` fires), so it need not poll for it often. Kept open until the
+        // follower ends: its closing tells the supervisor to poll instead.
+        let mut stop_pipe = child.as_mut().and_then(|c| c.stdin.take());
+        let stop_asked = self.entry.stop.clone();
         let mut notify_buf = [0u8; NOTIFY_BUF];
         let mut next_liveness = Instant::now();
         let mut gone: Option<Gone> = None;
@@ -178,6 +183,10 @@ impl Follower {
                     None
                 }
                 status = wait(&mut child) => Some(status),
+                () = stop_asked.cancelled(), if stop_pipe.is_some() => {
+                    tell_stop(&mut stop_pipe).await;
+                    None
+                }
                 () = stop.cancelled() => return,
             };
             if let Some(status) = exited {
@@ -204,6 +213,7 @@ impl Follower {
                             supervisor::request_stop(&dir, "the sidecar cannot read the journal")
                         })
                         .await;
+                        tell_stop(&mut stop_pipe).await;
                         self.end_lost_from_memory(message, &stop).await;
                         return;
                     }
@@ -319,6 +329,18 @@ async fn notified(
     match pipe {
         Some(p) => p.read(buf).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Tells the supervisor that its stop file is there (one byte on its stdin). Once said,
+/// or if the supervisor is gone, the pipe is dropped: at EOF it polls the stop file, which
+/// notices this stop too.
+async fn tell_stop(pipe: &mut Option<tokio::process::ChildStdin>) {
+    use tokio::io::AsyncWriteExt;
+    if let Some(mut p) = pipe.take() {
+        let _ = p.write_all(b"s").await;
+        let _ = p.flush().await;
+        // Dropped here: the supervisor may see EOF right after the byte, and polls then.
     }
 }
 

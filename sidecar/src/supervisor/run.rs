@@ -18,8 +18,14 @@ use crate::backend::{Backend, ExecutionContext, SupervisedJob};
 use crate::journal::{Journal, JournalError, writer};
 use crate::stop_note::{self, StopNote};
 
-/// How often the supervisor looks for `DIR/stop`.
+/// How often the supervisor looks for `DIR/stop` when the sidecar cannot tell it (its
+/// stdin is not the sidecar's pipe, or the sidecar is gone: a restarted sidecar only writes
+/// the file).
 const STOP_POLL: Duration = Duration::from_millis(100);
+/// The same while the sidecar's pipe is open: the sidecar writes a byte on it after the
+/// stop file, so looking is only a safety net (a thousand idle supervisors polling every
+/// 100 ms would cost a core).
+const STOP_POLL_PIPED: Duration = Duration::from_secs(5);
 /// When the journal cannot be written (a full disk), the writer stops the job and tries
 /// to write its Finished{FAILED} event for this long; then the supervisor exits with
 /// `EXIT_JOURNAL_UNWRITABLE` and the sidecar, which lives on, takes over: it publishes
@@ -168,25 +174,78 @@ fn read_job(path: &Path) -> Result<SupervisedJob, SuperviseError> {
 async fn watch_for_stop(dir: PathBuf, stop: CancellationToken, note: StopNote) {
     let path = dir.join(STOP_FILE);
     let mut signals = Signals::install();
-    let mut tick = tokio::time::interval(STOP_POLL);
+    let mut pipe = StopPipe::open();
+    let every = if pipe.is_some() {
+        STOP_POLL_PIPED
+    } else {
+        STOP_POLL
+    };
+    let mut tick = tokio::time::interval(every);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                // An empty file is a stop request too: on a full disk the sidecar can
-                // create it but not write the reason into it.
-                if let Ok(reason) = tokio::fs::read_to_string(&path).await {
-                    tracing::info!(reason = %reason.trim(), "stop requested");
-                    let _ = note.set(reason.trim().to_owned());
-                    break;
+        let look = tokio::select! {
+            _ = tick.tick() => true,
+            open = StopPipe::next(&mut pipe) => {
+                if !open {
+                    // The sidecar is gone (or restarted): nobody will tell us; poll.
+                    pipe = None;
+                    tick = tokio::time::interval(STOP_POLL);
                 }
+                true
             }
             why = signals.terminate() => {
                 tracing::info!(signal = why, "asked to terminate: stopping the job");
                 break;
             }
+        };
+        // An empty file is a stop request too: on a full disk the sidecar can create it
+        // but not write the reason into it.
+        if look && let Ok(reason) = tokio::fs::read_to_string(&path).await {
+            tracing::info!(reason = %reason.trim(), "stop requested");
+            let _ = note.set(reason.trim().to_owned());
+            break;
         }
     }
     stop.cancel();
+}
+
+/// The sidecar's pipe on the supervisor's stdin: a byte means "the stop file is there";
+/// EOF means the sidecar is gone. None when stdin is not a pipe (e.g. started by hand).
+struct StopPipe {
+    #[cfg(unix)]
+    rx: tokio::net::unix::pipe::Receiver,
+    #[cfg(not(unix))]
+    rx: tokio::io::Stdin,
+}
+
+impl StopPipe {
+    #[cfg(unix)]
+    fn open() -> Option<Self> {
+        use std::os::fd::AsFd;
+        // A duplicate of stdin, read without a thread (epoll); refused unless a pipe.
+        let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
+        Some(Self { rx })
+    }
+
+    /// Windows: read on tokio's blocking thread (the runtime is shut down in the
+    /// background at exit, so a pending read does not hold the process).
+    #[cfg(not(unix))]
+    fn open() -> Option<Self> {
+        Some(Self {
+            rx: tokio::io::stdin(),
+        })
+    }
+
+    /// Waits for the next word from the sidecar: true for a byte, false at EOF or an
+    /// error. Pending forever without a pipe.
+    async fn next(pipe: &mut Option<Self>) -> bool {
+        use tokio::io::AsyncReadExt;
+        let Some(p) = pipe else {
+            return std::future::pending().await;
+        };
+        let mut buf = [0u8; 16];
+        matches!(p.rx.read(&mut buf).await, Ok(n) if n > 0)
+    }
 }
 
 /// SIGTERM / SIGINT stop the job; SIGHUP (a closing terminal) is caught and ignored.

@@ -29,9 +29,10 @@ pub fn write_job(execution_dir: &Path, job: &SupervisedJob) -> Result<(), Journa
 }
 
 /// Starts `command --execution-dir DIR` detached from the sidecar: a process group of its
-/// own, stdin null, stderr (its log) appended to `DIR/supervisor.log`, stdout a pipe on
-/// which it says "the journal grew" (see `run::notify_progress`), not killed when the
-/// handle is dropped. The caller should wait on the child (to reap it) but never signal it.
+/// own, stderr (its log) appended to `DIR/supervisor.log`, stdout a pipe on which it says
+/// "the journal grew" (see `run::notify_progress`), stdin a pipe on which the sidecar says
+/// "look at the stop file now" (see `run::watch_for_stop`), not killed when the handle is
+/// dropped. The caller should wait on the child (to reap it) but never signal it.
 pub fn spawn(command: &SupervisorCommand, execution_dir: &Path) -> io::Result<Child> {
     let log = OpenOptions::new()
         .create(true)
@@ -41,7 +42,7 @@ pub fn spawn(command: &SupervisorCommand, execution_dir: &Path) -> io::Result<Ch
     cmd.args(&command.args)
         .arg("--execution-dir")
         .arg(execution_dir)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
         .kill_on_drop(false);
