@@ -7,20 +7,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use agentfleet_e2e::background::BackgroundCoordinator;
-use agentfleet_e2e::process::pids_with_arg;
+use agentfleet_e2e::process::{pids_with_arg, proc_field};
 use agentfleet_e2e::{SidecarOptions, TestEnv, wait_until};
 
 const JOBS: usize = 20;
-
-/// A `/proc/PID/...` field in kB (or a count), e.g. `Pss:` of `smaps_rollup`.
-fn field(pid: u32, file: &str, name: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
 
 fn main() {
     let env = TestEnv::new("bench-supervisor-memory");
@@ -59,11 +49,11 @@ fn main() {
     });
     let pss: u64 = supervisors
         .iter()
-        .map(|p| field(*p, "smaps_rollup", "Pss:"))
+        .map(|p| proc_field(*p, "smaps_rollup", "Pss:"))
         .sum();
     let threads: u64 = supervisors
         .iter()
-        .map(|p| field(*p, "status", "Threads:"))
+        .map(|p| proc_field(*p, "status", "Threads:"))
         .sum();
     let n = supervisors.len() as u64;
     println!("supervisor memory: {n} concurrent `sleep` jobs on one sidecar, release build");

@@ -52,16 +52,6 @@ fn proc_cpu(pid: u32) -> ProcCpu {
     }
 }
 
-/// A `/proc/PID/...` field in kB (or a count), e.g. `Pss:` of `smaps_rollup`.
-pub fn proc_field(pid: u32, file: &str, name: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The supervisors (and their jobs) running for these sidecars now.
 pub fn supervisors(sidecars: &[Sidecar]) -> Vec<u32> {
     sidecars

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use agentfleet_e2e::log_volume::{self, LINE_BYTES};
 use agentfleet_e2e::{Sidecar, SidecarOptions, TestEnv, wait_until};
 
-use crate::measure::{self, Measured, percentile, proc_field};
+use agentfleet_e2e::process::proc_field;
+
+use crate::measure::{self, Measured, percentile};
 
 pub struct Row {
     pub workload: &'static str,
