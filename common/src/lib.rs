@@ -53,6 +53,7 @@ pub mod proto {
                 Self::Stdout => "stdout",
                 Self::Stderr => "stderr",
                 Self::Agent => "agent",
+                Self::Catalog => "catalog",
                 Self::Unspecified => "log",
             }
         }

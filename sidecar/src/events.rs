@@ -39,6 +39,7 @@ impl SinkMsg {
                 stream: stream as i32,
                 line,
                 sql_instance_id,
+                ..Default::default()
             },
         }
     }

@@ -71,6 +71,11 @@ impl Watcher<'_> {
                 return None;
             }
             Kind::Finished(f) => return Some((outcome(f.outcome()), f.message)),
+            // SSIS catalog progress: not yet turned into run events.
+            Kind::CatalogExecution(_)
+            | Kind::SubStepStarted(_)
+            | Kind::SubStepFinished(_)
+            | Kind::DataFlowRows(_) => return None,
         };
         self.send(kind).await;
         None
