@@ -101,7 +101,8 @@ pub(super) enum Closing {
         lock: ExecutionLock,
         file: EventFile,
         on_disk: Progress,
-        event: Event,
+        /// Boxed: an event is large, and the other variants are small.
+        event: Box<Event>,
     },
 }
 
@@ -152,7 +153,7 @@ pub(super) fn try_close(
                 lock,
                 file,
                 on_disk: progress,
-                event,
+                event: Box::new(event),
             })
         }
     }
@@ -201,7 +202,7 @@ impl Follower {
             })) => {
                 on_disk.observe_unwritten(&event);
                 self.entry.progress.send_replace(on_disk);
-                self.write_finished(lock, file, event, stop).await;
+                self.write_finished(lock, file, *event, stop).await;
                 true
             }
             Ok(Err(e)) => {
