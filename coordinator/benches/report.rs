@@ -94,15 +94,12 @@ fn main() {
                 for n in 0..LINES_PER_STEP {
                     send(
                         from + i64::from(n),
-                        RunEventKind::Log {
-                            at: at.clone(),
+                        RunEventKind::log_line(
+                            at.clone(),
                             step,
-                            stream: "stdout",
-                            line: format!(
-                                "{} rows processed in batch {n} of step {step}",
-                                n * 1000
-                            ),
-                        },
+                            "stdout",
+                            format!("{} rows processed in batch {n} of step {step}", n * 1000),
+                        ),
                     );
                 }
                 let status = if failed && step == STEPS {

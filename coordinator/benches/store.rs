@@ -43,12 +43,12 @@ fn main() {
     let writer = store.writer().expect("start the writer");
     writer.send(event(RunEventKind::TaskPlaced { at: at.clone() }));
     for i in 1..=lines {
-        writer.send(event(RunEventKind::Log {
-            at: at.clone(),
-            step: 1,
-            stream: "stdout",
-            line: line.clone(),
-        }));
+        writer.send(event(RunEventKind::log_line(
+            at.clone(),
+            1,
+            "stdout",
+            line.clone(),
+        )));
         if i % LINES_PER_MARK == 0 || i == lines {
             writer.send(event(RunEventKind::ExecutionSeq {
                 at: at.clone(),

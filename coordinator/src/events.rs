@@ -117,13 +117,14 @@ pub enum RunEventKind {
         message: String,
         duration_ms: u64,
     },
+    /// Consecutive log lines of one execution, as one sidecar message brought them: one
+    /// event for many lines keeps a chatty job cheap on its way through the dispatcher,
+    /// the reporters and the store. `--json` writes one `log` object per line
+    /// (`LogObject`), never this batch.
     Log {
         #[serde(flatten)]
         at: At,
-        step: u32,
-        /// stdout | stderr | agent
-        stream: &'static str,
-        line: String,
+        lines: Vec<LogLine>,
     },
     TaskFinished {
         task: String,
@@ -154,6 +155,63 @@ pub enum RunEventKind {
         duration_ms: u64,
         summary: Vec<TaskSummary>,
     },
+}
+
+/// One line of a `Log` event.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LogLine {
+    pub step: u32,
+    /// stdout | stderr | agent | catalog
+    pub stream: &'static str,
+    pub line: String,
+}
+
+impl RunEventKind {
+    /// A `Log` event of one line.
+    pub fn log_line(at: At, step: u32, stream: &'static str, line: impl Into<String>) -> Self {
+        Self::Log {
+            at,
+            lines: vec![LogLine {
+                step,
+                stream,
+                line: line.into(),
+            }],
+        }
+    }
+}
+
+/// The `--json` object of one log line: `ts`, `run_id`, `type` = "log", where it ran, then
+/// the line's own fields, in the order every other event's object has them.
+#[derive(Serialize)]
+pub struct LogObject<'a> {
+    #[serde(rename = "ts", serialize_with = "serialize_rfc3339")]
+    pub ts_ms: i64,
+    pub run_id: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub at: &'a At,
+    #[serde(flatten)]
+    pub line: &'a LogLine,
+}
+
+impl<'a> LogObject<'a> {
+    /// One object per line of `ev`, empty for any other event.
+    pub fn of(ev: &'a RunEvent) -> impl Iterator<Item = LogObject<'a>> + 'a {
+        let (at, lines) = match &ev.kind {
+            RunEventKind::Log { at, lines } => (Some(at), lines.as_slice()),
+            _ => (None, &[][..]),
+        };
+        lines.iter().filter_map(move |line| {
+            Some(LogObject {
+                ts_ms: ev.ts_ms,
+                run_id: &ev.run_id,
+                kind: "log",
+                at: at?,
+                line,
+            })
+        })
+    }
 }
 
 /// One row of the final summary.

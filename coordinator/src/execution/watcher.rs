@@ -4,7 +4,7 @@ use agentfleet_common::proto::{self, event::Kind};
 use tokio::sync::mpsc;
 
 use super::{ExecMsg, ExecutionSpec};
-use crate::events::{RunEventKind, TaskOutcome};
+use crate::events::{LogLine, RunEventKind, TaskOutcome};
 
 pub(super) struct Watcher<'a> {
     pub(super) spec: &'a ExecutionSpec,
@@ -57,19 +57,19 @@ impl Watcher<'_> {
                 message: s.message,
                 duration_ms: s.duration_ms,
             },
-            Kind::Logs(logs) => {
-                for line in logs.lines {
-                    let stream = line.stream().name();
-                    self.send(RunEventKind::Log {
-                        at: at(),
-                        step: line.step_id,
-                        stream,
-                        line: line.line,
+            // One run event for the message's lines, not one per line.
+            Kind::Logs(logs) => RunEventKind::Log {
+                at: at(),
+                lines: logs
+                    .lines
+                    .into_iter()
+                    .map(|l| LogLine {
+                        step: l.step_id,
+                        stream: l.stream().name(),
+                        line: l.line,
                     })
-                    .await;
-                }
-                return None;
-            }
+                    .collect(),
+            },
             Kind::Finished(f) => return Some((outcome(f.outcome()), f.message)),
             // SSIS catalog progress: not yet turned into run events.
             Kind::CatalogExecution(_)

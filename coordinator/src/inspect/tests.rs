@@ -68,12 +68,12 @@ fn follow_sees_lines_written_by_another_connection_and_stops_at_the_end() {
         let ev = |kind| RunEvent::new("r1", agentfleet_common::now_ms(), kind);
         writer.send(ev(RunEventKind::TaskPlaced { at: at(2) }));
         for seq in 1..=5u64 {
-            writer.send(ev(RunEventKind::Log {
-                at: at(2),
-                step: 1,
-                stream: "stderr",
-                line: format!("line {seq}"),
-            }));
+            writer.send(ev(RunEventKind::log_line(
+                at(2),
+                1,
+                "stderr",
+                format!("line {seq}"),
+            )));
             writer.send(ev(RunEventKind::ExecutionSeq { at: at(2), seq }));
             writer.flush();
             std::thread::sleep(Duration::from_millis(30));

@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
 use super::Reporter;
-use crate::events::{RunEvent, RunEventKind};
+use crate::events::{LogObject, RunEvent, RunEventKind};
 
 const BUFFER: usize = 64 * 1024;
 /// Log lines reach a consumer (`| jq`, a file being tailed) at least this often.
@@ -50,20 +50,28 @@ impl<W: Write + Send> JsonLines<W> {
     }
 
     fn write(&mut self, ev: &RunEvent) -> std::io::Result<()> {
-        if matches!(ev.kind, RunEventKind::ExecutionSeq { .. }) {
-            return Ok(()); // internal bookkeeping, not part of the --json contract
-        }
-        serde_json::to_writer(&mut self.out, ev)?;
-        self.out.write_all(b"\n")?;
-        if matches!(ev.kind, RunEventKind::Log { .. }) {
-            self.unflushed_logs += 1;
-            if self.unflushed_logs < LOG_LINES_PER_CLOCK_CHECK
-                || self.last_flush.elapsed() < LOG_FLUSH_INTERVAL
-            {
-                return Ok(());
+        match &ev.kind {
+            // internal bookkeeping, not part of the --json contract
+            RunEventKind::ExecutionSeq { .. } => Ok(()),
+            RunEventKind::Log { lines, .. } => {
+                for object in LogObject::of(ev) {
+                    serde_json::to_writer(&mut self.out, &object)?;
+                    self.out.write_all(b"\n")?;
+                }
+                self.unflushed_logs += lines.len() as u32;
+                if self.unflushed_logs < LOG_LINES_PER_CLOCK_CHECK
+                    || self.last_flush.elapsed() < LOG_FLUSH_INTERVAL
+                {
+                    return Ok(());
+                }
+                self.flush()
+            }
+            _ => {
+                serde_json::to_writer(&mut self.out, ev)?;
+                self.out.write_all(b"\n")?;
+                self.flush()
             }
         }
-        self.flush()
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -110,12 +118,23 @@ mod tests {
         }
         reporter.finish();
         let objects = parse(&reporter.into_inner());
-        assert_eq!(objects.len(), events.len());
-        for (obj, ev) in objects.iter().zip(&events) {
-            assert_eq!(obj["ts"], crate::events::rfc3339(ev.ts_ms).as_str());
+        // What we wrote is exactly each event's serialization, a log event's as one
+        // object per line.
+        let expected: Vec<(i64, Value)> = events
+            .iter()
+            .filter(|ev| !matches!(ev.kind, RunEventKind::ExecutionSeq { .. }))
+            .flat_map(|ev| match ev.kind {
+                RunEventKind::Log { .. } => LogObject::of(ev)
+                    .map(|o| (ev.ts_ms, serde_json::to_value(o).unwrap()))
+                    .collect::<Vec<_>>(),
+                _ => vec![(ev.ts_ms, serde_json::to_value(ev).unwrap())],
+            })
+            .collect();
+        assert_eq!(objects.len(), expected.len());
+        for (obj, (ts_ms, want)) in objects.iter().zip(&expected) {
+            assert_eq!(obj["ts"], crate::events::rfc3339(*ts_ms).as_str());
             assert_eq!(obj["run_id"], "r1");
-            // Round trip: what we wrote is exactly the event's serialization.
-            assert_eq!(*obj, serde_json::to_value(ev).unwrap());
+            assert_eq!(obj, want);
         }
         let types: Vec<&str> = objects
             .iter()
@@ -147,6 +166,50 @@ mod tests {
             .unwrap();
         assert_eq!(finished["status"], "failed");
         assert_eq!(finished["duration_ms"], 6200);
+    }
+
+    #[test]
+    fn a_log_event_of_many_lines_is_one_object_per_line_in_order() {
+        let at = crate::events::At {
+            task: "t".into(),
+            attempt: 2,
+            sidecar: "s1".into(),
+            execution_id: "e1".into(),
+        };
+        let lines = ["one", "two", "three"].map(|l| crate::events::LogLine {
+            step: 1,
+            stream: "stderr",
+            line: l.into(),
+        });
+        let ev = RunEvent::new(
+            "r1",
+            0,
+            RunEventKind::Log {
+                at,
+                lines: lines.to_vec(),
+            },
+        );
+        let mut reporter = JsonLines::new(Vec::new());
+        reporter.event(&ev);
+        reporter.finish();
+        let out = reporter.into_inner();
+        let text = std::str::from_utf8(&out).unwrap();
+        let objects = parse(&out);
+        assert_eq!(objects.len(), 3);
+        for (obj, want) in objects.iter().zip(["one", "two", "three"]) {
+            assert_eq!(obj["type"], "log");
+            assert_eq!(obj["line"], want);
+            assert_eq!(obj["stream"], "stderr");
+            assert_eq!(obj["attempt"], 2);
+            assert!(obj.get("lines").is_none(), "{obj}");
+        }
+        // The field order every object has: ts, run_id, type, then the fields that apply.
+        assert!(
+            text.starts_with(
+                r#"{"ts":"1970-01-01T00:00:00.000Z","run_id":"r1","type":"log","task":"t","attempt":2,"sidecar":"s1","execution_id":"e1","step":1,"stream":"stderr","line":"one"}"#
+            ),
+            "{text}"
+        );
     }
 
     /// A writer that records how many times it was flushed.

@@ -307,15 +307,18 @@ impl Reporter for LiveReporter {
                 }
             }
             RunEventKind::StepFinished { .. } | RunEventKind::ExecutionSeq { .. } => {}
-            RunEventKind::Log {
-                at, stream, line, ..
-            } => {
+            RunEventKind::Log { at, lines } => {
                 if self.verbose_logs {
-                    let text = format!("{}@{} [{stream}] {line}", at.task, at.sidecar);
-                    self.println(&paint(self.color, Color::Dim, &text));
+                    for l in lines {
+                        let text = format!("{}@{} [{}] {}", at.task, at.sidecar, l.stream, l.line);
+                        self.println(&paint(self.color, Color::Dim, &text));
+                    }
                     return;
                 }
                 let Some(r) = self.running.get_mut(&at.task) else {
+                    return;
+                };
+                let Some(last) = lines.last() else {
                     return;
                 };
                 let now = Instant::now();
@@ -323,7 +326,7 @@ impl Reporter for LiveReporter {
                     return;
                 }
                 r.last_log_at = Some(now);
-                let tail = one_line(line, LOG_MAX);
+                let tail = one_line(&last.line, LOG_MAX);
                 let tail = paint(self.color, Color::Dim, &tail);
                 r.bar.set_message(format!("{} │ {tail}", r.step));
             }

@@ -155,12 +155,7 @@ pub(crate) mod test_support {
             ),
             ev(
                 1_000,
-                RunEventKind::Log {
-                    at: at.clone(),
-                    step: 2,
-                    stream: "stdout",
-                    line: "rows: 42".into(),
-                },
+                RunEventKind::log_line(at.clone(), 2, "stdout", "rows: 42"),
             ),
             ev(4_400, finished(2, "transform", 1, "succeeded", "", 4_100)),
             ev(5_000, finished(3, "load", 1, "retry", "exit code 3", 600)),

@@ -69,37 +69,37 @@ impl Reporter for LogRecords {
                 let key = (at.execution_id.clone(), *step);
                 self.steps.insert(key, (*step_attempt, step_name.clone()));
             }
-            RunEventKind::Log {
-                at,
-                step,
-                stream,
-                line,
-            } => {
-                let (step_attempt, step_name) = self
-                    .steps
-                    .get(&(at.execution_id.clone(), *step))
-                    .map_or((1, ""), |(a, n)| (*a, n.as_str()));
-                let span_id = if *step == 0 {
-                    ids::execution_span_id(&at.execution_id)
-                } else {
-                    ids::step_span_id(&at.execution_id, *step, step_attempt)
-                };
-                (self.sink)(LogLine {
-                    trace_id: ids::run_trace_id(&ev.run_id),
-                    span_id,
-                    ts_ms: ev.ts_ms,
-                    stream,
-                    line,
-                    run_id: &ev.run_id,
-                    task: &at.task,
-                    attempt: at.attempt,
-                    sidecar: &at.sidecar,
-                    job: self.jobs.get(&at.task).map_or("", String::as_str),
-                    execution_id: &at.execution_id,
-                    step: *step,
-                    step_name,
-                    step_attempt,
-                });
+            RunEventKind::Log { at, lines } => {
+                let trace_id = ids::run_trace_id(&ev.run_id);
+                let job = self.jobs.get(&at.task).map_or("", String::as_str);
+                for l in lines {
+                    let step = l.step;
+                    let (step_attempt, step_name) = self
+                        .steps
+                        .get(&(at.execution_id.clone(), step))
+                        .map_or((1, ""), |(a, n)| (*a, n.as_str()));
+                    let span_id = if step == 0 {
+                        ids::execution_span_id(&at.execution_id)
+                    } else {
+                        ids::step_span_id(&at.execution_id, step, step_attempt)
+                    };
+                    (self.sink)(LogLine {
+                        trace_id,
+                        span_id,
+                        ts_ms: ev.ts_ms,
+                        stream: l.stream,
+                        line: &l.line,
+                        run_id: &ev.run_id,
+                        task: &at.task,
+                        attempt: at.attempt,
+                        sidecar: &at.sidecar,
+                        job,
+                        execution_id: &at.execution_id,
+                        step,
+                        step_name,
+                        step_attempt,
+                    });
+                }
             }
             RunEventKind::TaskFinished {
                 execution_id: Some(execution_id),
@@ -142,14 +142,7 @@ mod tests {
             execution_id: "e1".into(),
         };
         let ev = |kind| RunEvent::new("r1", 0, kind);
-        let log = |step, line: &str| {
-            ev(RunEventKind::Log {
-                at: at.clone(),
-                step,
-                stream: "stderr",
-                line: line.into(),
-            })
-        };
+        let log = |step, line: &str| ev(RunEventKind::log_line(at.clone(), step, "stderr", line));
         let started = |attempt| {
             ev(RunEventKind::StepStarted {
                 at: at.clone(),

@@ -128,14 +128,8 @@ impl<W: Write + Send> PlainReporter<W> {
                     message_suffix(message)
                 )
             }
-            RunEventKind::Log {
-                at, stream, line, ..
-            } => {
-                if !self.verbose_logs {
-                    return None;
-                }
-                format!("{} [{stream}] {}", where_(at), terminal_safe(line))
-            }
+            // Written line by line in `event`.
+            RunEventKind::Log { .. } => return None,
             RunEventKind::TaskFinished {
                 task,
                 attempt,
@@ -195,6 +189,21 @@ impl<W: Write + Send> PlainReporter<W> {
 
 impl<W: Write + Send> Reporter for PlainReporter<W> {
     fn event(&mut self, ev: &RunEvent) {
+        if let RunEventKind::Log { at, lines } = &ev.kind {
+            if self.verbose_logs {
+                let ts = self.timestamp(ev.ts_ms);
+                for l in lines {
+                    let text = format!(
+                        "{ts} {} [{}] {}\n",
+                        where_(at),
+                        l.stream,
+                        terminal_safe(&l.line)
+                    );
+                    let _ = self.out.write_all(text.as_bytes());
+                }
+            }
+            return;
+        }
         let Some(text) = self.text(ev) else { return };
         let mut line = format!("{} {text}\n", self.timestamp(ev.ts_ms));
         if let RunEventKind::RunFinished {

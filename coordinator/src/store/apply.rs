@@ -1,6 +1,6 @@
 //! How one `RunEvent` changes the store's tables. Called by the writer inside its batch
-//! transaction; every statement is cached, so a batch of log lines costs one prepared
-//! INSERT executed per line.
+//! transaction; every statement is cached, and a log event's lines become few rows
+//! (`log_rows`).
 use std::collections::HashMap;
 
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
@@ -125,17 +125,9 @@ pub fn apply(tx: &Transaction<'_>, ev: &RunEvent, keys: &mut LogKeys) -> rusqlit
     let ts = ts_ms(ev);
     let run = ev.run_id.as_str();
     match &ev.kind {
-        RunEventKind::Log {
-            at,
-            step,
-            stream,
-            line,
-        } => {
+        RunEventKind::Log { at, lines } => {
             let (run_key, src) = keys.resolve(tx, run, at)?;
-            tx.prepare_cached(
-                "INSERT INTO logs (run, src, step, stream, line, ts_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![run_key, src, step, stream_code(stream), line, ts])?;
+            super::log_rows::insert(tx, run_key, src, ts, lines)?;
             return Ok(()); // log lines are not also kept as events
         }
         RunEventKind::ExecutionSeq { .. } => return Ok(()),

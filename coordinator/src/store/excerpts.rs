@@ -6,6 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::apply::STREAM_TEXT;
+use super::log_rows;
 use super::{Store, StoreError};
 
 /// The sidecars a run started with and their slots (from its last `run_started` event).
@@ -84,29 +85,45 @@ impl Store {
             )?
             .query_map(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
+        // Rows hold one or more lines (`log_rows`): `limit` rows hold at least `limit`
+        // lines, of which the first (ASC) or last (DESC) `limit` are kept.
         let lines =
             |order: &str, limit: usize, src: i64| -> Result<Vec<(i64, ExcerptLine)>, StoreError> {
                 let sql = format!(
-                    "SELECT l.id, l.step, {STREAM_TEXT}, l.line, l.ts_ms FROM logs l
+                    "SELECT l.id, l.n, l.step, {STREAM_TEXT}, l.line, l.ts_ms FROM logs l
                  WHERE l.src = ?1 ORDER BY l.id {order} LIMIT ?2"
                 );
                 let mut stmt = self.conn.prepare_cached(&sql)?;
-                let rows = stmt.query_map(params![src, limit as i64], |r| {
-                    Ok((
-                        r.get(0)?,
-                        ExcerptLine {
-                            step: r.get(1)?,
-                            stream: r.get(2)?,
-                            line: r.get(3)?,
-                            ts_ms: r.get(4)?,
-                        },
-                    ))
-                })?;
-                Ok(rows.collect::<Result<_, _>>()?)
+                let mut rows = stmt.query(params![src, limit as i64])?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    let (id, n, step, stream): (i64, i64, u32, String) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                    let (text, ts_ms): (String, i64) = (r.get(4)?, r.get(5)?);
+                    let row = log_rows::split(id, n, &text).map(|(line_id, line)| {
+                        let line = ExcerptLine {
+                            step,
+                            stream: stream.clone(),
+                            line: line.to_owned(),
+                            ts_ms,
+                        };
+                        (line_id, line)
+                    });
+                    if order == "DESC" {
+                        out.extend(row.rev());
+                    } else {
+                        out.extend(row);
+                    }
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                out.truncate(limit);
+                Ok(out)
             };
         for (src, execution_id) in sources {
             let total: i64 = self.conn.query_row(
-                "SELECT count(*) FROM logs WHERE src = ?1",
+                "SELECT coalesce(sum(n), 0) FROM logs WHERE src = ?1",
                 params![src],
                 |r| r.get(0),
             )?;

@@ -18,6 +18,7 @@ mod control;
 mod excerpts;
 mod history;
 mod lease;
+mod log_rows;
 mod losses;
 mod queries;
 mod reporter;
@@ -26,6 +27,8 @@ mod writer;
 
 #[cfg(test)]
 mod lease_tests;
+#[cfg(test)]
+mod log_rows_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -5,6 +5,7 @@ use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
 use super::apply::{RUN_RUNNING, STREAM_TEXT};
+use super::log_rows::{self, MAX_ROW_LINES};
 use super::{Store, StoreError};
 
 /// Run statuses after which nothing more happens (`run_finished`'s, plus "canceled").
@@ -316,25 +317,43 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<LogRow>, StoreError> {
+        // A row holds lines `id` .. `id + n - 1` (`log_rows`): the first row wanted is the
+        // one holding line `after + 1`, no further back than `MAX_ROW_LINES`.
         let sql = format!(
-            "SELECT l.id, s.execution_id, s.task, s.attempt, l.step, {STREAM_TEXT}, l.line, l.ts_ms
+            "SELECT l.id, l.n, s.execution_id, s.task, s.attempt, l.step, {STREAM_TEXT}, l.line, l.ts_ms
              FROM logs l JOIN log_sources s ON s.id = l.src
-             WHERE {filter} AND l.id > ?2 ORDER BY l.id LIMIT ?3"
+             WHERE {filter} AND l.id > ?2 - {MAX_ROW_LINES} AND l.id + l.n - 1 > ?2
+             ORDER BY l.id LIMIT ?3"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![key, after, limit as i64], |r| {
-            Ok(LogRow {
-                id: r.get(0)?,
-                execution_id: r.get(1)?,
-                task: r.get(2)?,
-                attempt: r.get(3)?,
-                step: r.get(4)?,
-                stream: r.get(5)?,
-                line: r.get(6)?,
-                ts_ms: r.get(7)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows = stmt.query(params![key, after, limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            if out.len() >= limit {
+                break;
+            }
+            let (id, n): (i64, i64) = (r.get(0)?, r.get(1)?);
+            let (execution_id, task): (String, String) = (r.get(2)?, r.get(3)?);
+            let (attempt, step, stream): (u32, u32, String) = (r.get(4)?, r.get(5)?, r.get(6)?);
+            let ts_ms: i64 = r.get(8)?;
+            let text: String = r.get(7)?;
+            for (line_id, line) in log_rows::split(id, n, &text) {
+                if line_id <= after || out.len() >= limit {
+                    continue;
+                }
+                out.push(LogRow {
+                    id: line_id,
+                    execution_id: execution_id.clone(),
+                    task: task.clone(),
+                    attempt,
+                    step,
+                    stream: stream.clone(),
+                    line: line.to_owned(),
+                    ts_ms,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The run's status now (for `logs --follow`), `RUN_RUNNING` while it goes on.

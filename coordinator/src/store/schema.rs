@@ -165,6 +165,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE executions ADD COLUMN started_by TEXT NOT NULL DEFAULT '';
     ",
+    // 5: a log row may hold `n` consecutive lines of one source, step and stream, joined
+    // by '\n' and numbered `id` .. `id + n - 1` (see `log_rows.rs`). Rows written before
+    // hold one line each.
+    "
+    ALTER TABLE logs ADD COLUMN n INTEGER NOT NULL DEFAULT 1;
+    ",
 ];
 
 /// The schema version this build writes.

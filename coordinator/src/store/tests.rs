@@ -43,12 +43,7 @@ fn log(run_id: &str, execution_id: &str, line: String) -> RunEvent {
     RunEvent::new(
         run_id,
         1_000,
-        RunEventKind::Log {
-            at: at(execution_id),
-            step: 1,
-            stream: "stdout",
-            line,
-        },
+        RunEventKind::log_line(at(execution_id), 1, "stdout", line),
     )
 }
 

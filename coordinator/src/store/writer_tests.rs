@@ -36,12 +36,12 @@ fn send_execution(writer: &Writer, execution_id: &str, task: &str, marks: u64) {
     let line = "y".repeat(200);
     for seq in 1..=marks {
         for _ in 0..LINES_PER_MARK {
-            writer.send(event(RunEventKind::Log {
-                at: at(execution_id, task),
-                step: 1,
-                stream: "stdout",
-                line: line.clone(),
-            }));
+            writer.send(event(RunEventKind::log_line(
+                at(execution_id, task),
+                1,
+                "stdout",
+                line.clone(),
+            )));
         }
         writer.send(event(RunEventKind::ExecutionSeq {
             at: at(execution_id, task),

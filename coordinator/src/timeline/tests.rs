@@ -77,12 +77,7 @@ fn known_run() -> Vec<RunEvent> {
     );
     for n in 0..250 {
         let line = format!("line {n}");
-        let kind = RunEventKind::Log {
-            at: at("b", 1, "s1"),
-            step: 1,
-            stream: "stdout",
-            line,
-        };
+        let kind = RunEventKind::log_line(at("b", 1, "s1"), 1, "stdout", line);
         push(e, 4_300, kind);
     }
     execution(
