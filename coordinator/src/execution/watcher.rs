@@ -4,7 +4,7 @@ use agentfleet_common::proto::{self, event::Kind};
 use tokio::sync::mpsc;
 
 use super::{ExecMsg, ExecutionSpec};
-use crate::events::{LogLine, RunEventKind, TaskOutcome};
+use crate::events::{LogLine, LogLines, RunEventKind, TaskOutcome};
 
 pub(super) struct Watcher<'a> {
     pub(super) spec: &'a ExecutionSpec,
@@ -57,10 +57,10 @@ impl Watcher<'_> {
                 message: s.message,
                 duration_ms: s.duration_ms,
             },
-            // One run event for the message's lines, not one per line.
-            Kind::Logs(logs) => RunEventKind::Log {
-                at: at(),
-                lines: logs
+            // One run event for the message's lines, not one per line, once the budget of
+            // log bytes in flight has room for them.
+            Kind::Logs(logs) => {
+                let lines = logs
                     .lines
                     .into_iter()
                     .map(|l| LogLine {
@@ -68,8 +68,12 @@ impl Watcher<'_> {
                         stream: l.stream().name(),
                         line: l.line,
                     })
-                    .collect(),
-            },
+                    .collect();
+                RunEventKind::Log {
+                    at: at(),
+                    lines: LogLines::budgeted(lines).await,
+                }
+            }
             Kind::Finished(f) => return Some((outcome(f.outcome()), f.message)),
             // SSIS catalog progress: not yet turned into run events.
             Kind::CatalogExecution(_)

@@ -186,7 +186,7 @@ mod tests {
             0,
             RunEventKind::Log {
                 at,
-                lines: lines.to_vec(),
+                lines: lines.to_vec().into(),
             },
         );
         let mut reporter = JsonLines::new(Vec::new());

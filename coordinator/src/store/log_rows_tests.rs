@@ -34,7 +34,8 @@ fn batch(at: At, lines: &[(u32, &'static str, &str)]) -> RunEvent {
             stream,
             line: line.into(),
         })
-        .collect();
+        .collect::<Vec<_>>()
+        .into();
     RunEvent::new("r1", 5_000, RunEventKind::Log { at, lines })
 }
 

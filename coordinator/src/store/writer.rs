@@ -47,7 +47,8 @@ pub const BATCH_ROWS: usize = 5000;
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// An execution's events waiting for their sequence mark. Beyond this they are written
 /// without it: bounded memory wins over exactly-once on resume. (The executor marks every
-/// sidecar event, and a sidecar event holds far fewer log lines than this.)
+/// sidecar event right after passing it on, so an execution has one or two waiting; the
+/// bytes of log events waiting are bounded by `events::IN_FLIGHT_BYTES` as well.)
 pub const MAX_PENDING_PER_EXECUTION: usize = 10_000;
 
 enum Msg {

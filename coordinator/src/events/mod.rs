@@ -4,6 +4,9 @@
 //! `ts`, `type` and `run_id`, plus the fields that apply.
 use serde::Serialize;
 
+mod log_lines;
+pub use log_lines::{IN_FLIGHT_BYTES, LogLine, LogLines};
+
 /// One thing that happened in a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunEvent {
@@ -124,7 +127,7 @@ pub enum RunEventKind {
     Log {
         #[serde(flatten)]
         at: At,
-        lines: Vec<LogLine>,
+        lines: LogLines,
     },
     TaskFinished {
         task: String,
@@ -157,15 +160,6 @@ pub enum RunEventKind {
     },
 }
 
-/// One line of a `Log` event.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct LogLine {
-    pub step: u32,
-    /// stdout | stderr | agent | catalog
-    pub stream: &'static str,
-    pub line: String,
-}
-
 impl RunEventKind {
     /// A `Log` event of one line.
     pub fn log_line(at: At, step: u32, stream: &'static str, line: impl Into<String>) -> Self {
@@ -175,7 +169,8 @@ impl RunEventKind {
                 step,
                 stream,
                 line: line.into(),
-            }],
+            }]
+            .into(),
         }
     }
 }
@@ -199,7 +194,7 @@ impl<'a> LogObject<'a> {
     /// One object per line of `ev`, empty for any other event.
     pub fn of(ev: &'a RunEvent) -> impl Iterator<Item = LogObject<'a>> + 'a {
         let (at, lines) = match &ev.kind {
-            RunEventKind::Log { at, lines } => (Some(at), lines.as_slice()),
+            RunEventKind::Log { at, lines } => (Some(at), &lines[..]),
             _ => (None, &[][..]),
         };
         lines.iter().filter_map(move |line| {
