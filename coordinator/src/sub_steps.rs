@@ -213,11 +213,28 @@ impl Packages {
         Some(&self.list[*i])
     }
 
+    /// Forgets the package of one step attempt (it ended).
+    pub fn remove(
+        &mut self,
+        execution_id: &str,
+        step: u32,
+        step_attempt: u32,
+    ) -> Option<StepPackage> {
+        self.get(execution_id, step, step_attempt)?;
+        let mut gone = self.remove_where(|p| {
+            p.execution_id == execution_id && p.step == step && p.step_attempt == step_attempt
+        });
+        gone.pop()
+    }
+
     /// Forgets the packages of an execution (it finished).
     pub fn remove_execution(&mut self, execution_id: &str) -> Vec<StepPackage> {
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.list)
-            .into_iter()
-            .partition(|p| p.execution_id == execution_id);
+        self.remove_where(|p| p.execution_id == execution_id)
+    }
+
+    fn remove_where(&mut self, gone: impl Fn(&StepPackage) -> bool) -> Vec<StepPackage> {
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.list).into_iter().partition(gone);
         self.index = kept
             .iter()
             .enumerate()

@@ -5,6 +5,7 @@ mod json;
 mod live;
 pub mod otel;
 pub mod otel_logs;
+mod otel_sub_steps;
 mod package_line;
 mod plain;
 mod style;
