@@ -158,6 +158,7 @@ async fn follow(
         tx,
         last_seq: spec.resume_after_seq,
         started_by,
+        step_attempts: Default::default(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut unreachable_since: Option<Instant> = None;

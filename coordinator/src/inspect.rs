@@ -8,6 +8,7 @@ use std::time::Duration;
 
 mod report;
 mod show;
+mod show_package;
 #[cfg(test)]
 mod tests;
 

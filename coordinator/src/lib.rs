@@ -18,4 +18,5 @@ pub mod plan;
 pub mod report;
 pub mod schedule;
 pub mod store;
+pub mod sub_steps;
 pub mod timeline;

@@ -2,7 +2,14 @@
 //! reporters (terminal progress, plain lines, JSON lines, the store, telemetry) consume
 //! them. The serialized form is the `--json` contract of PRODUCT.md: every object has
 //! `ts`, `type` and `run_id`, plus the fields that apply.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+mod catalog;
+
+pub use catalog::{
+    CatalogExecution, DataFlowRows, SubStepFinished, SubStepStarted, catalog_line,
+    catalog_status_is_final, catalog_status_name, message_type_name,
+};
 
 mod log_lines;
 pub use log_lines::{IN_FLIGHT_BYTES, LogLine, LogLines};
@@ -42,7 +49,7 @@ pub fn rfc3339(ts_ms: i64) -> String {
 }
 
 /// Where an execution of a task runs: the fields every task-level event carries.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct At {
     pub task: String,
     pub attempt: u32,
@@ -127,8 +134,16 @@ pub enum RunEventKind {
     Log {
         #[serde(flatten)]
         at: At,
+        /// A line of stream "catalog" is an SSIS package's message: it starts with its
+        /// type and task (see [`catalog_line`]).
         lines: LogLines,
     },
+    /// SSIS catalog progress of a step (see `catalog.rs`); boxed, as they are larger
+    /// than the other events and rarer than log lines.
+    CatalogExecution(Box<CatalogExecution>),
+    SubStepStarted(Box<SubStepStarted>),
+    SubStepFinished(Box<SubStepFinished>),
+    DataFlowRows(Box<DataFlowRows>),
     TaskFinished {
         task: String,
         attempt: u32,
@@ -171,6 +186,17 @@ impl RunEventKind {
                 line: line.into(),
             }]
             .into(),
+        }
+    }
+
+    /// The execution of an SSIS catalog progress event (None for any other kind).
+    pub fn catalog_at(&self) -> Option<&At> {
+        match self {
+            Self::CatalogExecution(e) => Some(&e.at),
+            Self::SubStepStarted(e) => Some(&e.at),
+            Self::SubStepFinished(e) => Some(&e.at),
+            Self::DataFlowRows(e) => Some(&e.at),
+            _ => None,
         }
     }
 }
@@ -255,5 +281,34 @@ mod tests {
         assert_eq!(v["step_name"], "load");
         assert_eq!(v["status"], "succeeded");
         assert_eq!(v["duration_ms"], 5);
+    }
+
+    #[test]
+    fn catalog_events_are_flat_objects_with_their_own_type() {
+        let ev = RunEvent::new(
+            "r1",
+            0,
+            RunEventKind::DataFlowRows(Box::new(DataFlowRows {
+                at: At {
+                    task: "t".into(),
+                    attempt: 1,
+                    sidecar: "s1".into(),
+                    execution_id: "e1".into(),
+                },
+                step: 1,
+                step_attempt: 1,
+                path: r"\Load\Copy".into(),
+                data_flow_path: "OLE DB Source Output".into(),
+                source_component: "Source".into(),
+                destination_component: "Dest".into(),
+                rows: 42,
+            })),
+        );
+        let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["type"], "data_flow_rows");
+        assert_eq!(v["execution_id"], "e1");
+        assert_eq!(v["path"], r"\Load\Copy");
+        assert_eq!(v["rows"], 42);
+        assert_eq!(ev.kind.catalog_at().map(|a| a.task.as_str()), Some("t"));
     }
 }

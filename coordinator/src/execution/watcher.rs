@@ -1,10 +1,15 @@
 //! Turns a sidecar's events into run events, skipping anything already seen (a Watch
 //! resumed after a reconnect, or after re-attaching to a run, repeats nothing).
+use std::collections::HashMap;
+
 use agentfleet_common::proto::{self, event::Kind};
 use tokio::sync::mpsc;
 
 use super::{ExecMsg, ExecutionSpec};
-use crate::events::{LogLine, LogLines, RunEventKind, TaskOutcome};
+use crate::events::{
+    CatalogExecution, DataFlowRows, LogLine, LogLines, RunEventKind, SubStepFinished,
+    SubStepStarted, TaskOutcome, catalog_line, catalog_status_name,
+};
 
 pub(super) struct Watcher<'a> {
     pub(super) spec: &'a ExecutionSpec,
@@ -12,6 +17,10 @@ pub(super) struct Watcher<'a> {
     pub(super) last_seq: u64,
     /// Who the sidecar says started the execution (its StartJob answer).
     pub(super) started_by: String,
+    /// Each step's attempt as its last StepStarted said: the sidecar's catalog events name
+    /// only the step, and their run events say which attempt they belong to. A step not
+    /// seen started (a watch resumed mid-step) counts as attempt 1.
+    pub(super) step_attempts: HashMap<u32, u32>,
 }
 
 impl Watcher<'_> {
@@ -34,7 +43,8 @@ impl Watcher<'_> {
 
     /// Sends the run events for one sidecar event; the outcome if it is Finished.
     async fn translate(&mut self, event: proto::Event) -> Option<(TaskOutcome, String)> {
-        let at = || self.spec.at.clone();
+        let spec = self.spec;
+        let at = || spec.at.clone();
         let kind = match event.kind? {
             Kind::Accepted(_) => return None,
             Kind::Started(s) => RunEventKind::TaskStarted {
@@ -42,12 +52,15 @@ impl Watcher<'_> {
                 step_count: s.step_count,
                 started_by: self.started_by.clone(),
             },
-            Kind::StepStarted(s) => RunEventKind::StepStarted {
-                at: at(),
-                step: s.step_id,
-                step_name: s.step_name,
-                step_attempt: s.attempt,
-            },
+            Kind::StepStarted(s) => {
+                self.step_attempts.insert(s.step_id, s.attempt);
+                RunEventKind::StepStarted {
+                    at: at(),
+                    step: s.step_id,
+                    step_name: s.step_name,
+                    step_attempt: s.attempt,
+                }
+            }
             Kind::StepFinished(s) => RunEventKind::StepFinished {
                 at: at(),
                 status: s.status().name(),
@@ -63,10 +76,20 @@ impl Watcher<'_> {
                 let lines = logs
                     .lines
                     .into_iter()
-                    .map(|l| LogLine {
-                        step: l.step_id,
-                        stream: l.stream().name(),
-                        line: l.line,
+                    .map(|l| {
+                        let stream = l.stream();
+                        // A catalog message's type and task go into its text (see
+                        // `catalog_line`).
+                        let line = if stream == proto::LogStream::Catalog {
+                            catalog_line(l.catalog_message_type, &l.source_path, &l.line)
+                        } else {
+                            l.line
+                        };
+                        LogLine {
+                            step: l.step_id,
+                            stream: stream.name(),
+                            line,
+                        }
                     })
                     .collect();
                 RunEventKind::Log {
@@ -75,14 +98,55 @@ impl Watcher<'_> {
                 }
             }
             Kind::Finished(f) => return Some((outcome(f.outcome()), f.message)),
-            // SSIS catalog progress: not yet turned into run events.
-            Kind::CatalogExecution(_)
-            | Kind::SubStepStarted(_)
-            | Kind::SubStepFinished(_)
-            | Kind::DataFlowRows(_) => return None,
+            Kind::CatalogExecution(c) => {
+                RunEventKind::CatalogExecution(Box::new(CatalogExecution {
+                    at: at(),
+                    step: c.step_id,
+                    step_attempt: self.step_attempt(c.step_id),
+                    catalog_execution_id: c.catalog_execution_id,
+                    server: c.server,
+                    folder: c.folder,
+                    project: c.project,
+                    package: c.package,
+                    status: catalog_status_name(c.status).to_owned(),
+                }))
+            }
+            Kind::SubStepStarted(s) => RunEventKind::SubStepStarted(Box::new(SubStepStarted {
+                at: at(),
+                step: s.step_id,
+                step_attempt: self.step_attempt(s.step_id),
+                path: s.path,
+                name: s.name,
+                started_at_ms: s.started_at_ms,
+            })),
+            Kind::SubStepFinished(s) => RunEventKind::SubStepFinished(Box::new(SubStepFinished {
+                at: at(),
+                step: s.step_id,
+                step_attempt: self.step_attempt(s.step_id),
+                status: s.status().name().to_owned(),
+                path: s.path,
+                name: s.name,
+                started_at_ms: s.started_at_ms,
+                duration_ms: s.duration_ms,
+                message: s.message,
+            })),
+            Kind::DataFlowRows(d) => RunEventKind::DataFlowRows(Box::new(DataFlowRows {
+                at: at(),
+                step: d.step_id,
+                step_attempt: self.step_attempt(d.step_id),
+                path: d.path,
+                data_flow_path: d.data_flow_path,
+                source_component: d.source_component,
+                destination_component: d.destination_component,
+                rows: d.rows,
+            })),
         };
         self.send(kind).await;
         None
+    }
+
+    fn step_attempt(&self, step: u32) -> u32 {
+        self.step_attempts.get(&step).copied().unwrap_or(1)
     }
 
     async fn send(&self, kind: RunEventKind) {
@@ -105,3 +169,7 @@ fn outcome(o: proto::Outcome) -> TaskOutcome {
         proto::Outcome::Failed | proto::Outcome::Unspecified => TaskOutcome::Failed,
     }
 }
+
+#[cfg(test)]
+#[path = "watcher_tests.rs"]
+mod tests;

@@ -1,5 +1,6 @@
 //! `coordinator show RUN` as text: the run, then each task with its attempts (where each
-//! ran) and each attempt's steps with their outcomes and durations.
+//! ran) and each attempt's steps with their outcomes and durations; under a step that ran
+//! an SSIS package, the package's tasks (`show_package.rs`).
 //!
 //! ```text
 //! run 0190c3a1f2e47b9c8d0e1f2a3b4c5d6e · plan nightly-etl (plans/nightly.toml)
@@ -18,8 +19,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::show_package::render_package;
 use super::{local_time, run_duration};
 use crate::store::{RunSnapshot, StepRow};
+use crate::sub_steps::StepPackage;
 
 /// Longest message shown on a line; `--json` has the full text.
 const MESSAGE_MAX: usize = 160;
@@ -133,6 +136,11 @@ pub fn render(s: &RunSnapshot, now_ms: i64) -> String {
                 .collect();
             let labels: Vec<String> = steps.iter().map(|st| step_label(st)).collect();
             let label_width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+            let packages: Vec<&StepPackage> = s
+                .packages
+                .iter()
+                .filter(|p| p.execution_id == e.execution_id)
+                .collect();
             for (st, label) in steps.iter().zip(&labels) {
                 let took = st.duration_ms.map(ms).unwrap_or_else(|| "…".into());
                 let _ = writeln!(
@@ -141,6 +149,21 @@ pub fn render(s: &RunSnapshot, now_ms: i64) -> String {
                     st.status,
                     message(&st.message)
                 );
+                for p in packages
+                    .iter()
+                    .filter(|p| p.step == st.step && p.step_attempt == st.attempt)
+                {
+                    render_package(&mut out, p);
+                }
+            }
+            // A package whose step row was not kept (its events were lost, say).
+            for p in packages.iter().filter(|p| {
+                !steps
+                    .iter()
+                    .any(|st| p.step == st.step && p.step_attempt == st.attempt)
+            }) {
+                let _ = writeln!(out, "       {:>2} (attempt {})", p.step, p.step_attempt);
+                render_package(&mut out, p);
             }
         }
     }
@@ -155,11 +178,11 @@ fn step_label(st: &StepRow) -> String {
     label
 }
 
-fn ms(ms: u64) -> String {
+pub(super) fn ms(ms: u64) -> String {
     agentfleet_common::duration::short(Duration::from_millis(ms))
 }
 
-fn message(m: &str) -> String {
+pub(super) fn message(m: &str) -> String {
     let m = m.trim();
     if m.is_empty() {
         return String::new();

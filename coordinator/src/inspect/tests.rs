@@ -141,3 +141,50 @@ fn runs_and_show_render_the_sample_run() {
         assert!(text.contains(want), "no {want:?} in\n{text}");
     }
 }
+
+#[test]
+fn show_lists_a_packages_tasks_under_its_step_from_the_stored_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut run = new_run("r1");
+    run.tasks = vec![("load-sales".into(), "ETL - Load Sales".into())];
+    store.create_run(&run).unwrap();
+    let mut reporter = store.reporter().unwrap();
+    for ev in crate::report::ssis_sample::ssis_run() {
+        reporter.event(&ev);
+    }
+    reporter.finish();
+
+    let snap = store.run_snapshot("r1").unwrap();
+    assert_eq!(snap.packages.len(), 1);
+    let text = show::render(&snap, 10_000);
+    let from = text.find("\n        1 Load Sales").expect(&text) + 1;
+    let lines: Vec<&str> = text[from..].lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "        1 Load Sales  failed     2.9s  package failed",
+            r"          catalog execution 12345 on SQL1 · ETL\Sales\Load Sales.dtsx · failed",
+            r"          \Load Sales\Truncate   succeeded  300ms",
+            r"          \Load Sales\Copy rows  failed     2.1s  bad row",
+            "            OLE DB Source Output  2500 rows  Sales source → Sales table",
+            r"          \Load Sales\Check      running    …",
+        ],
+        "{text}"
+    );
+    // `show --json` has them too.
+    let json = serde_json::to_value(&snap).unwrap();
+    assert_eq!(
+        json["packages"][0]["catalog"]["catalog_execution_id"],
+        12345
+    );
+    assert_eq!(json["packages"][0]["sub_steps"][1]["rows"][0]["rows"], 2500);
+
+    // `logs`: the catalog line with its type and task.
+    let mut out = Vec::new();
+    write_logs(&store, "r1", Some("load-sales"), None, false, &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "load-sales/Load Sales/catalog | error   \\Load Sales\\Copy rows: bad row\n"
+    );
+}

@@ -5,22 +5,28 @@
 //! ✓ stage-customers  sql1   4.1s
 //! ↻ load-facts       sql2   3.2s  attempt 1 failed, will retry: exit code 3
 //! ⠙ load-facts       sql2   1.2s  step 2/3 transform (attempt 2) │ rows: 42
+//! ⠙ load-sales       sql1   3.0s  step 1/1 Load Sales
+//!     ↳ catalog 12345 running · ▸ Copy rows 2500 rows · ✓ Truncate 300ms · 1 done
 //! ⠙ publish          sql1   0.3s  placed, starting…
 //!   1/4 done · 2 running · 1 waiting
 //! ```
 //!
 //! Drawing is rate-limited by indicatif; log lines only update a bar's message, at most
 //! every `LOG_REFRESH`, so a chatty job cannot slow the run or make the screen flicker.
+//! A step that runs an SSIS package gets one more line, its package's progress
+//! (`package_line.rs`), until the next step starts.
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use super::Reporter;
+use super::package_line::package_line;
 use super::style::{
     Color, duration_ms, one_line, outcome_symbol, outcome_text, paint, step_label, width,
 };
 use crate::events::{RunEvent, RunEventKind, TaskOutcome};
+use crate::sub_steps::Packages;
 
 const TICK: Duration = Duration::from_millis(100);
 const LOG_REFRESH: Duration = Duration::from_millis(250);
@@ -35,6 +41,8 @@ struct Running {
     /// The step line without the log tail: "step 2/3 transform (attempt 2)".
     step: String,
     last_log_at: Option<Instant>,
+    /// The line under the bar with the running step's SSIS package, once it has one.
+    package: Option<ProgressBar>,
 }
 
 /// What the permanent line of a finished task shows.
@@ -54,6 +62,8 @@ pub struct LiveReporter {
     color: bool,
     verbose_logs: bool,
     running: HashMap<String, Running>,
+    /// SSIS packages of the running executions' steps.
+    packages: Packages,
     /// Bottom line: how many tasks are done, running and waiting.
     status: ProgressBar,
     total: usize,
@@ -79,6 +89,7 @@ impl LiveReporter {
             color,
             verbose_logs,
             running: HashMap::new(),
+            packages: Packages::default(),
             status,
             total: 0,
             done: 0,
@@ -167,10 +178,11 @@ impl LiveReporter {
                 step_count: 0,
                 step,
                 last_log_at: None,
+                package: None,
             },
         );
         if let Some(old) = old {
-            self.remove_bar(&old.bar);
+            self.remove_running(&old);
         }
         self.update_status();
     }
@@ -178,6 +190,32 @@ impl LiveReporter {
     fn remove_bar(&self, bar: &ProgressBar) {
         bar.finish_and_clear();
         self.multi.remove(bar);
+    }
+
+    /// Removes a task's bar and its package line.
+    fn remove_running(&self, r: &Running) {
+        if let Some(p) = &r.package {
+            self.remove_bar(p);
+        }
+        self.remove_bar(&r.bar);
+    }
+
+    /// Folds a catalog progress event in and redraws its task's package line (added under
+    /// the task's bar the first time).
+    fn package_event(&mut self, kind: &RunEventKind) {
+        let Some(package) = self.packages.apply(kind) else {
+            return;
+        };
+        let Some(r) = self.running.get_mut(&package.task) else {
+            return;
+        };
+        let line = package_line(package, self.color);
+        let bar = r.package.get_or_insert_with(|| {
+            let bar = self.multi.insert_after(&r.bar, ProgressBar::new_spinner());
+            bar.set_style(ProgressStyle::with_template("    {wide_msg}").expect("valid template"));
+            bar
+        });
+        bar.set_message(line);
     }
 
     /// The permanent line for a finished task.
@@ -236,9 +274,9 @@ impl LiveReporter {
     }
 
     fn clear_all(&mut self) {
-        for (_, r) in self.running.drain() {
-            r.bar.finish_and_clear();
-            self.multi.remove(&r.bar);
+        let running: Vec<Running> = self.running.drain().map(|(_, r)| r).collect();
+        for r in &running {
+            self.remove_running(r);
         }
         self.status.finish_and_clear();
     }
@@ -281,6 +319,11 @@ impl Reporter for LiveReporter {
                 step_attempt,
             } => {
                 if let Some(r) = self.running.get_mut(&at.task) {
+                    // The previous step's package is done with.
+                    if let Some(p) = r.package.take() {
+                        p.finish_and_clear();
+                        self.multi.remove(&p);
+                    }
                     let mut text = format!("{} {step_name}", step_label(*step, Some(r.step_count)));
                     if *step_attempt > 1 {
                         text.push_str(&format!(" (attempt {step_attempt})"));
@@ -307,6 +350,10 @@ impl Reporter for LiveReporter {
                 }
             }
             RunEventKind::StepFinished { .. } | RunEventKind::ExecutionSeq { .. } => {}
+            RunEventKind::CatalogExecution(_)
+            | RunEventKind::SubStepStarted(_)
+            | RunEventKind::SubStepFinished(_)
+            | RunEventKind::DataFlowRows(_) => self.package_event(&ev.kind),
             RunEventKind::Log { at, lines } => {
                 if self.verbose_logs {
                     for l in lines {
@@ -338,13 +385,16 @@ impl Reporter for LiveReporter {
                 message,
                 duration_ms: ms,
                 will_retry,
-                ..
+                execution_id,
             } => {
                 let sidecar = sidecar
                     .clone()
                     .or_else(|| self.running.get(task).map(|r| r.sidecar.clone()));
                 if let Some(r) = self.running.remove(task) {
-                    self.remove_bar(&r.bar);
+                    self.remove_running(&r);
+                }
+                if let Some(id) = execution_id {
+                    self.packages.remove_execution(id);
                 }
                 self.fit(task, sidecar.as_deref().unwrap_or("-"));
                 let line = self.finished_line(&Finished {
@@ -463,6 +513,35 @@ mod tests {
                 message: "x failed",
             }),
             "⊘ report        -       skipped: x failed"
+        );
+    }
+
+    #[test]
+    fn a_package_line_follows_its_step_and_goes_with_its_task() {
+        let mut live = LiveReporter::with_target(ProgressDrawTarget::hidden(), false, false);
+        let events = crate::report::ssis_sample::ssis_run();
+        for ev in &events[..10] {
+            live.event(ev);
+        }
+        let package = live.running["load-sales"].package.as_ref().unwrap();
+        assert_eq!(
+            package.message(),
+            "↳ catalog 12345 running · ▸ Copy rows 2500 rows · ✓ Truncate 300ms · 1 done"
+        );
+        // The next step has no package (yet): the line goes.
+        let mut next = events[3].clone();
+        if let RunEventKind::StepStarted { step, .. } = &mut next.kind {
+            *step = 2;
+        }
+        live.event(&next);
+        assert!(live.running["load-sales"].package.is_none());
+        for ev in &events[10..] {
+            live.event(ev);
+        }
+        assert_eq!(live.running(), 0);
+        assert!(
+            live.packages.get("e1", 1, 1).is_none(),
+            "forgotten with its task"
         );
     }
 }

@@ -5,6 +5,8 @@ mod json;
 mod live;
 pub mod otel;
 pub mod otel_logs;
+mod otel_sub_steps;
+mod package_line;
 mod plain;
 mod style;
 pub mod summary;
@@ -93,6 +95,9 @@ pub fn finish_all(reporters: &mut [Box<dyn Reporter>]) {
         r.finish();
     }
 }
+
+#[cfg(test)]
+pub(crate) mod ssis_sample;
 
 #[cfg(test)]
 pub(crate) mod test_support {

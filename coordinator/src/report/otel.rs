@@ -1,7 +1,8 @@
 //! The OpenTelemetry reporter: a run's events become the `run` span and one `task` span
 //! per attempt, and the coordinator's metrics (tasks running and finished, placement
 //! wait, runs finished). The sidecars export the `execution` and `step` spans below the
-//! task spans; every id is derived (see `agentfleet_common::telemetry::ids`), so the
+//! task spans; the coordinator adds a `sub_step` span per task of an SSIS package below
+//! its step's span (`otel_sub_steps.rs`). Every id is derived (see `agentfleet_common::telemetry::ids`), so the
 //! spans of all processes form one trace per run, also across `coordinator attach`.
 //!
 //! Spans are exported when what they describe ends, with the times of the events: a
@@ -16,6 +17,7 @@ use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
 use opentelemetry::trace::{SpanId, SpanKind};
 
 use super::Reporter;
+use super::otel_sub_steps::SubStepSpans;
 use crate::events::{RunEvent, RunEventKind, TaskOutcome};
 
 /// Each task's dependencies, for the placement wait (ready = the last dependency
@@ -83,6 +85,7 @@ pub struct OtelReporter {
     succeeded_ms: HashMap<String, i64>,
     deps: Option<BTreeMap<String, Vec<String>>>,
     metrics: Instruments,
+    sub_steps: SubStepSpans,
     /// Where finished spans go: the export queue (a collector in tests).
     sink: Box<dyn FnMut(SpanRecord) + Send>,
 }
@@ -131,6 +134,7 @@ impl OtelReporter {
                     .with_description("Runs finished, by status")
                     .build(),
             },
+            sub_steps: SubStepSpans::default(),
             sink,
         }
     }
@@ -162,6 +166,10 @@ impl OtelReporter {
     }
 
     fn on_event(&mut self, ev: &RunEvent, ts_ms: i64) {
+        // Before the task's span: a sub-step ended with its task is exported first.
+        for span in self.sub_steps.on_event(ev) {
+            (self.sink)(span);
+        }
         match &ev.kind {
             RunEventKind::RunStarted { plan, .. } => {
                 self.run_id = ev.run_id.clone();

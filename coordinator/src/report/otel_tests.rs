@@ -104,3 +104,72 @@ fn a_failed_attempt_is_an_error_span_and_the_retry_its_own_span() {
         ids::task_span_id("r1", "t", 2)
     );
 }
+
+#[test]
+fn each_package_task_is_a_child_span_of_its_step() {
+    use crate::report::ssis_sample::{ssis_run, t0};
+    use agentfleet_common::telemetry::span::system_time;
+
+    let spans = collect(&ssis_run());
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+    assert_eq!(names, ["sub_step", "sub_step", "sub_step", "task", "run"]);
+    let (truncate, copy, check) = (&spans[0], &spans[1], &spans[2]);
+    let step = ids::step_span_id("e1", 1, 1);
+    for (span, path) in [
+        (truncate, r"\Load Sales\Truncate"),
+        (copy, r"\Load Sales\Copy rows"),
+        (check, r"\Load Sales\Check"),
+    ] {
+        assert_eq!(span.parent_span_id, step, "{path}");
+        assert_eq!(span.span_context.trace_id(), ids::run_trace_id("r1"));
+        assert_eq!(
+            span.span_context.span_id(),
+            super::super::otel_sub_steps::sub_step_span_id("e1", 1, 1, path)
+        );
+        assert_eq!(attr(span, "sub_step.path").as_deref(), Some(path));
+        assert_eq!(
+            attr(span, "ssis.catalog_execution_id").as_deref(),
+            Some("12345")
+        );
+    }
+    let ids: std::collections::HashSet<_> =
+        spans.iter().map(|s| s.span_context.span_id()).collect();
+    assert_eq!(ids.len(), spans.len(), "every span its own id");
+
+    // The catalog's own times, not when the events arrived.
+    assert_eq!(truncate.start_time, system_time(t0() + 500));
+    assert_eq!(truncate.end_time, system_time(t0() + 800));
+    assert_eq!(truncate.status, Status::Ok);
+    assert_eq!(copy.start_time, system_time(t0() + 900));
+    assert_eq!(copy.end_time, system_time(t0() + 3_000));
+    assert!(
+        matches!(&copy.status, Status::Error { description } if description.contains("bad row")),
+        "{:?}",
+        copy.status
+    );
+    assert_eq!(attr(copy, "ssis.rows").as_deref(), Some("2500"));
+    // Never finished: ended with its step, neither ok nor an error.
+    assert_eq!(check.start_time, system_time(t0() + 2_100));
+    assert_eq!(check.end_time, system_time(t0() + 3_200));
+    assert_eq!(check.status, Status::Unset);
+    assert_eq!(
+        attr(check, "sub_step.status").as_deref(),
+        Some("unfinished")
+    );
+}
+
+#[test]
+fn a_sub_step_open_when_its_task_ends_is_ended_with_the_task() {
+    let mut events = crate::report::ssis_sample::ssis_run();
+    // No step_finished (its events were lost): the task's end closes `Check`.
+    events.retain(|e| !matches!(e.kind, RunEventKind::StepFinished { .. }));
+    let spans = collect(&events);
+    let check = spans
+        .iter()
+        .find(|s| attr(s, "sub_step.name").as_deref() == Some("Check"))
+        .unwrap();
+    assert_eq!(
+        check.end_time,
+        agentfleet_common::telemetry::span::system_time(crate::report::ssis_sample::t0() + 3_300)
+    );
+}

@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! 18:14:04.123 load-facts@sql2 step 2/3 "transform" succeeded in 4.1s
+//! 18:14:05.000 load-sales@sql1 step 1/1 › \Load Sales\Copy rows failed in 2.1s, 2500 rows: bad row
 //! ```
+//!
+//! A step that runs an SSIS package also gets a line per catalog status and per package
+//! task (sub-step) start and end; data-flow rows only show in the task's end line.
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -13,6 +17,7 @@ use super::style::{
     terminal_safe,
 };
 use crate::events::{At, RunEvent, RunEventKind, TaskOutcome};
+use crate::sub_steps::Packages;
 
 /// Which clock the line timestamps use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +38,8 @@ pub struct PlainReporter<W: Write + Send> {
     clock: Clock,
     /// Step count per execution, from `task_started`, for "step n/m".
     step_counts: HashMap<String, u32>,
+    /// SSIS packages of the running executions (for a task's rows when it ends).
+    packages: Packages,
 }
 
 impl PlainReporter<std::io::Stderr> {
@@ -49,6 +56,7 @@ impl<W: Write + Send> PlainReporter<W> {
             color,
             clock,
             step_counts: HashMap::new(),
+            packages: Packages::default(),
         }
     }
 
@@ -59,8 +67,51 @@ impl<W: Write + Send> PlainReporter<W> {
     /// The text of `ev` after the timestamp, or `None` when it is not shown.
     fn text(&mut self, ev: &RunEvent) -> Option<String> {
         let c = self.color;
+        // The rows of a finished sub-step, from the data-flow events before it.
+        let rows = self.packages.apply(&ev.kind).and_then(|p| match &ev.kind {
+            RunEventKind::SubStepFinished(s) => p
+                .sub_steps
+                .iter()
+                .find(|x| x.path == s.path)
+                .and_then(|x| x.rows_max()),
+            _ => None,
+        });
         Some(match &ev.kind {
-            RunEventKind::ExecutionSeq { .. } => return None,
+            RunEventKind::ExecutionSeq { .. } | RunEventKind::DataFlowRows(_) => return None,
+            RunEventKind::CatalogExecution(e) => format!(
+                "{} {} catalog execution {} on {} ({}\\{}\\{}) {}",
+                where_(&e.at),
+                self.step(&e.at, e.step),
+                e.catalog_execution_id,
+                e.server,
+                e.folder,
+                e.project,
+                e.package,
+                e.status
+            ),
+            RunEventKind::SubStepStarted(s) => format!(
+                "{} {} › {} started",
+                where_(&s.at),
+                self.step(&s.at, s.step),
+                terminal_safe(&s.path)
+            ),
+            RunEventKind::SubStepFinished(s) => {
+                let rows = rows.map(|n| format!(", {n} rows")).unwrap_or_default();
+                let color = if s.status == "succeeded" {
+                    Color::Green
+                } else {
+                    Color::Red
+                };
+                format!(
+                    "{} {} › {} {} in {}{rows}{}",
+                    where_(&s.at),
+                    self.step(&s.at, s.step),
+                    terminal_safe(&s.path),
+                    paint(c, color, step_status_text(&s.status)),
+                    duration_ms(s.duration_ms),
+                    message_suffix(&s.message)
+                )
+            }
             RunEventKind::RunStarted {
                 plan,
                 tasks,
@@ -142,6 +193,7 @@ impl<W: Write + Send> PlainReporter<W> {
             } => {
                 if let Some(id) = execution_id {
                     self.step_counts.remove(id);
+                    self.packages.remove_execution(id);
                 }
                 let name = match sidecar {
                     Some(s) => format!("{task}@{s}"),
@@ -301,5 +353,25 @@ mod tests {
                 .any(|l| l == "18:14:01.000 load-facts@sql2 [stdout] rows: 42"),
             "{lines:#?}"
         );
+    }
+
+    #[test]
+    fn a_package_shows_its_catalog_execution_and_tasks() {
+        let mut reporter = PlainReporter::new(Vec::new(), false, false, Clock::Utc);
+        for ev in crate::report::ssis_sample::ssis_run() {
+            reporter.event(&ev);
+        }
+        let text = String::from_utf8(reporter.into_inner()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let expected = [
+            r"18:14:00.400 load-sales@sql1 step 1/1 catalog execution 12345 on SQL1 (ETL\Sales\Load Sales.dtsx) running",
+            r"18:14:00.500 load-sales@sql1 step 1/1 › \Load Sales\Truncate started",
+            r"18:14:00.800 load-sales@sql1 step 1/1 › \Load Sales\Truncate succeeded in 300ms",
+            r"18:14:00.900 load-sales@sql1 step 1/1 › \Load Sales\Copy rows started",
+            r"18:14:02.100 load-sales@sql1 step 1/1 › \Load Sales\Check started",
+            r"18:14:03.000 load-sales@sql1 step 1/1 › \Load Sales\Copy rows failed in 2.1s, 2500 rows: bad row",
+            r"18:14:03.100 load-sales@sql1 step 1/1 catalog execution 12345 on SQL1 (ETL\Sales\Load Sales.dtsx) failed",
+        ];
+        assert_eq!(&lines[4..11], expected, "{text}");
     }
 }

@@ -23,6 +23,12 @@ pub fn ts_ms(ev: &RunEvent) -> i64 {
     ev.ts_ms
 }
 
+/// The `type`s of the SSIS catalog progress events (read back by `sub_steps.rs`).
+pub const CATALOG_EXECUTION: &str = "catalog_execution";
+pub const SUB_STEP_STARTED: &str = "sub_step_started";
+pub const SUB_STEP_FINISHED: &str = "sub_step_finished";
+pub const DATA_FLOW_ROWS: &str = "data_flow_rows";
+
 /// The `type` of the event's `--json` object.
 pub fn type_name(kind: &RunEventKind) -> &'static str {
     match kind {
@@ -34,6 +40,10 @@ pub fn type_name(kind: &RunEventKind) -> &'static str {
         RunEventKind::Log { .. } => "log",
         RunEventKind::TaskFinished { .. } => "task_finished",
         RunEventKind::ExecutionSeq { .. } => "execution_seq",
+        RunEventKind::CatalogExecution(_) => CATALOG_EXECUTION,
+        RunEventKind::SubStepStarted(_) => SUB_STEP_STARTED,
+        RunEventKind::SubStepFinished(_) => SUB_STEP_FINISHED,
+        RunEventKind::DataFlowRows(_) => DATA_FLOW_ROWS,
         RunEventKind::RunFinished { .. } => "run_finished",
     }
 }
@@ -131,6 +141,11 @@ pub fn apply(tx: &Transaction<'_>, ev: &RunEvent, keys: &mut LogKeys) -> rusqlit
             return Ok(()); // log lines are not also kept as events
         }
         RunEventKind::ExecutionSeq { .. } => return Ok(()),
+        // Kept only as events: `show` and `report` fold them (see `sub_steps.rs`).
+        RunEventKind::CatalogExecution(_)
+        | RunEventKind::SubStepStarted(_)
+        | RunEventKind::SubStepFinished(_)
+        | RunEventKind::DataFlowRows(_) => {}
         RunEventKind::RunStarted { plan, .. } => {
             // A re-attached run starts again: it is running, but keeps its first start time.
             tx.prepare_cached(
@@ -334,6 +349,9 @@ fn task_and_execution(kind: &RunEventKind) -> (Option<&str>, Option<&str>) {
             task, execution_id, ..
         } => (Some(task.as_str()), execution_id.as_deref()),
         RunEventKind::RunStarted { .. } | RunEventKind::RunFinished { .. } => (None, None),
+        catalog => catalog.catalog_at().map_or((None, None), |at| {
+            (Some(at.task.as_str()), Some(at.execution_id.as_str()))
+        }),
     }
 }
 

@@ -48,6 +48,9 @@ pub(super) fn execution_of(ev: &RunEvent) -> Option<(&str, &str, u32)> {
         RunEventKind::TaskFinished { .. }
         | RunEventKind::RunStarted { .. }
         | RunEventKind::RunFinished { .. } => None,
+        catalog => catalog
+            .catalog_at()
+            .map(|at| (at.execution_id.as_str(), at.task.as_str(), at.attempt)),
     }
 }
 

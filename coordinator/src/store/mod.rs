@@ -7,6 +7,7 @@
 //! - `batch`: one batch of the writer, committed under the run's lease, retried on failure.
 //! - `apply`: how one event changes the tables.
 //! - `queries`: reads for `runs`, `show`, `logs` and re-attaching.
+//! - `packages`: the SSIS packages of a run's steps, read back from its events.
 //! - `control`: small writes made by the commands themselves (a new run, cancel).
 //! - `lease`: which coordinator process drives a run (one at a time, on any host).
 //! - `losses`: what the writer could not save, so that nothing unsaved is acknowledged.
@@ -20,6 +21,7 @@ mod history;
 mod lease;
 mod log_rows;
 mod losses;
+mod packages;
 mod queries;
 mod reporter;
 mod schema;

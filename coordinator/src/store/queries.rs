@@ -92,6 +92,8 @@ pub struct RunSnapshot {
     pub tasks: Vec<TaskRow>,
     pub executions: Vec<ExecutionRow>,
     pub steps: Vec<StepRow>,
+    /// The SSIS packages steps ran: catalog execution, tasks (sub-steps) and their rows.
+    pub packages: Vec<crate::sub_steps::StepPackage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -263,6 +265,7 @@ impl Store {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        let packages = self.packages(run_id)?;
         Ok(RunSnapshot {
             plan_path: PathBuf::from(&run.plan_path),
             fleet_path: run.fleet_path.as_ref().map(PathBuf::from),
@@ -271,6 +274,7 @@ impl Store {
             tasks,
             executions,
             steps,
+            packages,
         })
     }
 

@@ -147,6 +147,19 @@ impl Writer {
     }
 }
 
+/// (execution id, task) of an event the executor reports from the sidecar's journal:
+/// held until its sequence mark arrives.
+fn journal_execution(kind: &RunEventKind) -> Option<(String, String)> {
+    let at = match kind {
+        RunEventKind::TaskStarted { at, .. }
+        | RunEventKind::StepStarted { at, .. }
+        | RunEventKind::StepFinished { at, .. }
+        | RunEventKind::Log { at, .. } => at,
+        other => other.catalog_at()?,
+    };
+    Some((at.execution_id.clone(), at.task.clone()))
+}
+
 #[cfg(test)]
 impl Writer {
     /// A writer whose file cannot grow past `max_pages` pages, as on a full disk.
@@ -238,27 +251,23 @@ impl Worker {
     /// Sorts an event into the batch, or holds it until its sequence mark arrives.
     fn take(&mut self, ev: RunEvent) {
         self.stats.events += 1;
+        if let Some((execution_id, task)) = journal_execution(&ev.kind) {
+            let entry = self
+                .pending
+                .entry(execution_id.clone())
+                .or_insert_with(|| (task, Vec::new()));
+            entry.1.push(ev);
+            if entry.1.len() >= MAX_PENDING_PER_EXECUTION {
+                tracing::debug!(execution = %execution_id, "no sequence mark after many events; writing them unmarked");
+                self.release(&execution_id);
+            }
+            return;
+        }
         match &ev.kind {
             RunEventKind::ExecutionSeq { at, seq } => {
                 let (at, seq) = (at.clone(), *seq);
                 self.release(&at.execution_id);
                 self.batch.push(Item::Seq { at, seq });
-            }
-            // What the executor reports from the sidecar's journal.
-            RunEventKind::TaskStarted { at, .. }
-            | RunEventKind::StepStarted { at, .. }
-            | RunEventKind::StepFinished { at, .. }
-            | RunEventKind::Log { at, .. } => {
-                let execution_id = at.execution_id.clone();
-                let entry = self
-                    .pending
-                    .entry(execution_id.clone())
-                    .or_insert_with(|| (at.task.clone(), Vec::new()));
-                entry.1.push(ev);
-                if entry.1.len() >= MAX_PENDING_PER_EXECUTION {
-                    tracing::debug!(execution = %execution_id, "no sequence mark after many events; writing them unmarked");
-                    self.release(&execution_id);
-                }
             }
             RunEventKind::TaskFinished { task, .. } => {
                 // The executor is done: whatever it sent counts, marked or not.

@@ -118,6 +118,15 @@ pub fn assemble(input: Input) -> Timeline {
         if st.status == "retry" {
             step_retries += 1;
         }
+        let package = s
+            .packages
+            .iter()
+            .find(|p| {
+                p.execution_id == st.execution_id
+                    && p.step == st.step
+                    && p.step_attempt == st.attempt
+            })
+            .map(|p| super::package::package_bars(p, t0, start, end));
         steps_of
             .entry(st.execution_id.as_str())
             .or_default()
@@ -129,6 +138,7 @@ pub fn assemble(input: Input) -> Timeline {
                 message: cut(&st.message),
                 start,
                 end,
+                package,
             });
     }
     let mut bars: Vec<Bar> = s
@@ -326,7 +336,7 @@ fn ratio(part: i64, whole: i64) -> f64 {
 }
 
 /// `text` cut to `LINE_MAX_CHARS` characters (with an ellipsis when cut).
-fn cut(text: &str) -> String {
+pub(super) fn cut(text: &str) -> String {
     match text.char_indices().nth(LINE_MAX_CHARS) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),

@@ -12,11 +12,13 @@ use serde::Serialize;
 mod build;
 pub mod html;
 mod lanes;
+mod package;
 #[cfg(test)]
 mod tests;
 pub mod text;
 
 pub use build::{LOG_BUDGET, build, log_lines_per_execution};
+pub use package::{PackageBars, SubStepBar};
 
 use crate::store::LogExcerpt;
 
@@ -124,6 +126,9 @@ pub struct StepBar {
     pub message: String,
     pub start: i64,
     pub end: i64,
+    /// The SSIS package the step ran, if it ran one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageBars>,
 }
 
 #[derive(Debug, Clone, Serialize)]

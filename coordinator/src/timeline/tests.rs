@@ -313,3 +313,59 @@ fn text_lanes_fit_the_width_and_name_every_outcome() {
     let colored = text::render(&t, 80, true);
     assert!(colored.contains("\x1b[42;30m"), "{colored}");
 }
+
+#[test]
+fn a_steps_package_tasks_nest_in_its_step_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let t0 = crate::report::ssis_sample::t0();
+    store
+        .create_run(&NewRun {
+            run_id: "r1".into(),
+            plan_name: "sales".into(),
+            plan_path: "plan.toml".into(),
+            plan_text: String::new(),
+            fleet_path: None,
+            started_ms: t0,
+            tasks: vec![("load-sales".into(), "ETL - Load Sales".into())],
+        })
+        .unwrap();
+    let mut reporter = store.reporter().unwrap();
+    for ev in crate::report::ssis_sample::ssis_run() {
+        reporter.event(&ev);
+    }
+    reporter.finish();
+    let t = build(&store, "r1", t0 + 10_000).unwrap();
+    let step = &t.bars[0].steps[0];
+    // The step: 0.3s → 3.2s (its end event less its duration), in ms from the run's start.
+    assert_eq!((step.start, step.end), (300, 3_200));
+    let package = step.package.as_ref().expect("the step ran a package");
+    assert_eq!(package.catalog_execution_id, Some(12345));
+    assert_eq!(package.catalog_status.as_deref(), Some("failed"));
+    let bars: Vec<(&str, &str, i64, i64, Option<u64>)> = package
+        .sub_steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.status.as_str(), s.start, s.end, s.rows))
+        .collect();
+    assert_eq!(
+        bars,
+        [
+            ("Truncate", "succeeded", 500, 800, None),
+            ("Copy rows", "failed", 900, 3_000, Some(2_500)),
+            // Never finished: it ends with its step.
+            ("Check", "running", 2_100, 3_200, None),
+        ]
+    );
+    let text = text::render(&t, 80, false);
+    assert!(
+        text.contains(
+            r"package      load-sales #1 step 1: catalog 12345 failed · 3 tasks: 1 failed, 1 running, 1 succeeded · failed \Load Sales\Copy rows: bad row"
+        ),
+        "{text}"
+    );
+    let data = html::embedded_json(&html::render(&t)).unwrap();
+    assert_eq!(
+        data["bars"][0]["steps"][0]["package"]["sub_steps"][1]["path"],
+        r"\Load Sales\Copy rows"
+    );
+}

@@ -8,11 +8,12 @@
 //!              0s         5s         10s        15s        20s        25s
 //! demo-a  1 │*stage-customers=*load-facts=======      report==        │
 //!         2 │ extract====  xrefresh-cubexx                            │
+//! package      load-sales #1 step 1: catalog 12345 failed · 3 tasks: 1 succeeded, 1 failed, 1 running · failed \Load Sales\Copy rows: bad row
 //! ```
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{Bar, Timeline};
+use super::{Bar, PackageBars, Timeline};
 use crate::report::terminal_safe;
 
 /// Narrowest chart drawn, whatever the width asked for.
@@ -157,6 +158,13 @@ pub fn render(t: &Timeline, width: usize, color: bool) -> String {
             b.status, b.task, b.attempt, b.sidecar
         );
     }
+    for b in &t.bars {
+        for st in &b.steps {
+            if let Some(p) = &st.package {
+                let _ = writeln!(out, "package      {}", package_line(b, st.step, p));
+            }
+        }
+    }
     for u in &t.unstarted {
         let why = if u.message.is_empty() {
             String::new()
@@ -166,6 +174,48 @@ pub fn render(t: &Timeline, width: usize, color: bool) -> String {
         let _ = writeln!(out, "not run      {} {}{why}", u.task, u.status);
     }
     out
+}
+
+/// A step's SSIS package in one line: catalog execution, task counts by status, and the
+/// first task that failed (the lanes are too coarse for the package's own tasks; the HTML
+/// report lists them all).
+fn package_line(b: &Bar, step: u32, p: &PackageBars) -> String {
+    let mut parts = Vec::new();
+    if let (Some(id), Some(status)) = (p.catalog_execution_id, &p.catalog_status) {
+        parts.push(format!("catalog {id} {status}"));
+    }
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for s in &p.sub_steps {
+        match counts.iter_mut().find(|(k, _)| *k == s.status) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&s.status, 1)),
+        }
+    }
+    counts.sort();
+    let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    parts.push(format!(
+        "{} tasks: {}",
+        p.sub_steps.len(),
+        counts.join(", ")
+    ));
+    if let Some(f) = p
+        .sub_steps
+        .iter()
+        .find(|s| !matches!(s.status.as_str(), "succeeded" | "running"))
+    {
+        let why = if f.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", terminal_safe(&f.message))
+        };
+        parts.push(format!("{} {}{why}", f.status, terminal_safe(&f.path)));
+    }
+    format!(
+        "{} #{} step {step}: {}",
+        b.task,
+        b.attempt,
+        parts.join(" · ")
+    )
 }
 
 /// Time marks above the lanes, as many as fit.
