@@ -18,6 +18,7 @@ use crate::events::EventSink;
 
 pub mod command;
 pub mod sqlagent;
+pub mod ssis;
 
 /// Why a start was refused. Each maps to one gRPC status (see `server.rs`).
 #[derive(Debug, thiserror::Error)]
