@@ -52,6 +52,8 @@ pub async fn start(sidecar_dir: &Path) -> Result<DemoAgent, CliError> {
         enum_jobs: None,
         nt_client: None,
         deny: Vec::new(),
+        windows: false,
+        ssis_roles: Vec::new(),
     });
     let names = jobs.jobs.iter().map(|j| j.name.clone()).collect();
     std::fs::create_dir_all(sidecar_dir).map_err(|e| io_err("create", sidecar_dir, e))?;
