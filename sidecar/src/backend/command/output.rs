@@ -1,7 +1,9 @@
 //! A step's stdout or stderr, forwarded line by line to the execution's sink.
 //!
-//! Lines are never dropped: each one is awaited into the sink (backpressure reaches the
-//! program through its pipe). Invalid UTF-8 is replaced, a trailing "\r" is removed, a line
+//! Lines are never dropped: they are awaited into the sink (backpressure reaches the
+//! program through its pipe). The lines of one read go as one message (up to
+//! `MAX_GROUP_BYTES`), not one channel send per line: a chatty program's lines cost a
+//! copy each, not a task wake-up each. Invalid UTF-8 is replaced, a trailing "\r" is removed, a line
 //! longer than `MAX_LINE` is cut into pieces (at a character boundary), and a last line
 //! without "\n" is kept.
 //!
@@ -15,10 +17,48 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::events::EventSink;
+use crate::events::{EventSink, SinkMsg};
 
 /// Longest line forwarded in one piece, in bytes.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
+/// A message of lines is sent once it holds this many bytes (or the read ran dry). With
+/// the sink's capacity of `SINK_CAPACITY` messages this bounds what waits for the journal.
+const MAX_GROUP_BYTES: usize = 8 * 1024;
+
+/// Lines read but not yet sent.
+struct Pending<'a> {
+    sink: &'a EventSink,
+    step_id: u32,
+    stream: LogStream,
+    lines: Vec<SinkMsg>,
+    bytes: usize,
+}
+
+impl<'a> Pending<'a> {
+    fn new(sink: &'a EventSink, step_id: u32, stream: LogStream) -> Self {
+        Self {
+            sink,
+            step_id,
+            stream,
+            lines: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    async fn push(&mut self, text: String) {
+        self.bytes += text.len() + 16;
+        self.lines
+            .push(SinkMsg::log_now(self.step_id, self.stream, text, 0));
+        if self.bytes >= MAX_GROUP_BYTES {
+            self.send().await;
+        }
+    }
+
+    async fn send(&mut self) {
+        self.bytes = 0;
+        self.sink.group(std::mem::take(&mut self.lines)).await;
+    }
+}
 
 /// How the reading of one pipe ended.
 #[derive(Debug)]
@@ -65,26 +105,31 @@ pub(crate) async fn forward_lines<R: AsyncRead + Unpin>(
 ) -> ReadEnd {
     let mut reader = BufReader::with_capacity(MAX_LINE, pipe);
     let mut line: Vec<u8> = Vec::new();
+    let mut pending = Pending::new(sink, step_id, stream);
     loop {
+        if reader.buffer().is_empty() {
+            // The next read may wait: what was read goes now.
+            pending.send().await;
+        }
         let room = MAX_LINE - line.len();
         let (taken, complete) = {
             let buf = tokio::select! {
                 biased;
                 () = drain.passed() => {
-                    flush(&mut line, step_id, stream, sink).await;
+                    flush(&mut line, &mut pending).await;
                     return ReadEnd::GaveUp;
                 }
                 read = reader.fill_buf() => match read {
                     Ok(buf) => buf,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        flush(&mut line, step_id, stream, sink).await;
+                        flush(&mut line, &mut pending).await;
                         return ReadEnd::Failed(e);
                     }
                 },
             };
             if buf.is_empty() {
-                flush(&mut line, step_id, stream, sink).await;
+                flush(&mut line, &mut pending).await;
                 return ReadEnd::Eof;
             }
             match buf.iter().position(|&b| b == b'\n') {
@@ -107,23 +152,23 @@ pub(crate) async fn forward_lines<R: AsyncRead + Unpin>(
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
-            let text = to_text(std::mem::take(&mut line));
-            sink.log(step_id, stream, text).await;
+            pending.push(to_text(std::mem::take(&mut line))).await;
         } else if line.len() == MAX_LINE && taken == 0 {
             let cut = char_boundary(&line);
             let rest = line.split_off(cut);
-            let text = to_text(std::mem::replace(&mut line, rest));
-            sink.log(step_id, stream, text).await;
+            pending
+                .push(to_text(std::mem::replace(&mut line, rest)))
+                .await;
         }
     }
 }
 
-/// Sends what is left of a last line without "\n".
-async fn flush(line: &mut Vec<u8>, step_id: u32, stream: LogStream, sink: &EventSink) {
+/// Sends what was read, with what is left of a last line without "\n".
+async fn flush(line: &mut Vec<u8>, pending: &mut Pending<'_>) {
     if !line.is_empty() {
-        let text = to_text(std::mem::take(line));
-        sink.log(step_id, stream, text).await;
+        pending.push(to_text(std::mem::take(line))).await;
     }
+    pending.send().await;
 }
 
 fn to_text(bytes: Vec<u8>) -> String {
@@ -154,7 +199,6 @@ fn char_boundary(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::SinkMsg;
 
     /// Forwards `input` as stdout of step 1 and returns the lines sent.
     async fn lines_of(input: &[u8]) -> Vec<String> {
@@ -166,10 +210,16 @@ mod tests {
         });
         let mut lines = Vec::new();
         while let Some(msg) = rx.recv().await {
-            if let SinkMsg::Log { line, .. } = msg {
-                assert_eq!(line.step_id, 1);
-                assert_eq!(line.stream, LogStream::Stdout as i32);
-                lines.push(line.line);
+            let msgs = match msg {
+                SinkMsg::Group(msgs) => msgs,
+                other => vec![other],
+            };
+            for msg in msgs {
+                if let SinkMsg::Log { line, .. } = msg {
+                    assert_eq!(line.step_id, 1);
+                    assert_eq!(line.stream, LogStream::Stdout as i32);
+                    lines.push(line.line);
+                }
             }
         }
         assert!(matches!(reader.await.unwrap(), ReadEnd::Eof));

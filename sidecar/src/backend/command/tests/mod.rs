@@ -99,7 +99,15 @@ impl Recorder {
             .expect("the execution stalled");
         match msg {
             Some(SinkMsg::Log { line, .. }) => self.logs.push(line),
-            Some(SinkMsg::Group(_)) => panic!("command jobs send no groups"),
+            // A group of a command job is the lines of one read of a pipe.
+            Some(SinkMsg::Group(msgs)) => {
+                for msg in msgs {
+                    match msg {
+                        SinkMsg::Log { line, .. } => self.logs.push(line),
+                        other => panic!("a command job's group holds only lines: {other:?}"),
+                    }
+                }
+            }
             Some(SinkMsg::Event { ts_ms, kind }) => {
                 if matches!(kind, Kind::Finished(_)) {
                     assert!(!self.finished, "a second Finished event");
