@@ -113,7 +113,12 @@ pub(crate) async fn forward_lines<R: AsyncRead + Unpin>(
         }
         let room = MAX_LINE - line.len();
         let (taken, complete) = {
-            let buf = tokio::select! {
+            // Lines already buffered need no wait: only a read that may block also watches
+            // the drain deadline (a select per line cost more than the line itself).
+            let buf = if !reader.buffer().is_empty() {
+                reader.buffer()
+            } else {
+                tokio::select! {
                 biased;
                 () = drain.passed() => {
                     flush(&mut line, &mut pending).await;
@@ -127,6 +132,7 @@ pub(crate) async fn forward_lines<R: AsyncRead + Unpin>(
                         return ReadEnd::Failed(e);
                     }
                 },
+                }
             };
             if buf.is_empty() {
                 flush(&mut line, &mut pending).await;
