@@ -116,7 +116,7 @@ pub async fn bind(config: &SidecarConfig) -> Result<Bound, ServeError> {
 }
 
 /// The backends the config asks for: command jobs when there are any, SQL Server Agent
-/// when `[sqlagent]` is present.
+/// when `[sqlagent]` is present, SSIS catalog jobs when there are any.
 pub async fn backends(config: &SidecarConfig) -> Result<Vec<Arc<dyn Backend>>, ServeError> {
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
     if !config.jobs.is_empty() {
@@ -132,6 +132,29 @@ pub async fn backends(config: &SidecarConfig) -> Result<Vec<Arc<dyn Backend>>, S
                 backend: "sqlagent",
                 source,
             })?;
+        backends.push(Arc::new(backend));
+    }
+    if !config.catalog_jobs.is_empty() {
+        let conn = crate::backend::ssis::config::connection(
+            config.ssis.as_ref(),
+            config.sqlagent.as_ref(),
+        )
+        .ok_or_else(|| ServeError::Backend {
+            backend: "ssis",
+            source: crate::backend::BackendError::InvalidArgument(
+                "catalog jobs need an [ssis] or [sqlagent] connection".into(),
+            ),
+        })?;
+        let backend = crate::backend::ssis::CatalogBackend::new(
+            config.catalog_jobs.clone(),
+            conn,
+            &config.state_dir,
+            crate::backend::ssis::follower::Followers::shared(),
+        )
+        .map_err(|source| ServeError::Backend {
+            backend: "ssis",
+            source,
+        })?;
         backends.push(Arc::new(backend));
     }
     Ok(backends)

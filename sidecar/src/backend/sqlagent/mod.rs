@@ -11,14 +11,14 @@ pub mod agent_time;
 mod catalog;
 pub mod check;
 pub mod config;
-mod connection;
+pub(crate) mod connection;
 mod errors;
 mod follower;
-mod ledger;
+pub(crate) mod ledger;
 mod output_file;
 mod poll;
 pub mod queries;
-mod rows;
+pub(crate) mod rows;
 mod tracker;
 
 pub use agent::SqlAgentBackend;
