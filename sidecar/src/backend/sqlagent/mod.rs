@@ -19,7 +19,7 @@ mod output_file;
 mod poll;
 pub mod queries;
 pub(crate) mod rows;
-mod tracker;
+pub(crate) mod tracker;
 
 pub use agent::SqlAgentBackend;
 pub use check::{CheckItem, CheckStatus, check};

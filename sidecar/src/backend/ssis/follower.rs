@@ -193,8 +193,20 @@ fn receive(followed: &mut Vec<Followed>, m: Msg) {
             message,
         } => {
             for x in followed.iter_mut() {
-                if x.key() == (execution_id.clone(), step_id) {
-                    x.step_ended = Some((Instant::now(), message.clone()));
+                if x.key() != (execution_id.clone(), step_id) {
+                    continue;
+                }
+                x.step_ended = Some((Instant::now(), message.clone()));
+                // The history message names the execution: it overrules the correlation.
+                if let (Target::Known(t), Some(named)) = (
+                    &mut x.f.target,
+                    correlate::execution_id_in_history(&message),
+                ) && t.ident.execution_id != named
+                {
+                    tracing::warn!(%execution_id, step_id, followed = t.ident.execution_id, named, "the step's history names another catalog execution than the one correlated; following it");
+                    let mut ident = t.ident.clone();
+                    ident.execution_id = named;
+                    *t = CatalogTracker::new(step_id, ident);
                 }
             }
         }

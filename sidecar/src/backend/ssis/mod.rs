@@ -14,3 +14,5 @@ pub mod queries;
 
 pub use backend::CatalogBackend;
 pub use config::CatalogJobConfig;
+pub mod agent_step;
+pub mod check;
