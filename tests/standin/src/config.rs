@@ -1,4 +1,5 @@
-//! The jobs file: logins, Agent settings and the simulated jobs (TOML, unknown keys rejected).
+//! The jobs file: logins, Agent settings, the simulated jobs and the SSIS catalog's packages
+//! (TOML, unknown keys rejected).
 //! The format is documented in the crate's README.
 
 use std::path::Path;
@@ -16,6 +17,19 @@ pub struct JobsFile {
     pub agent: AgentConfig,
     #[serde(default, rename = "job")]
     pub jobs: Vec<JobConfig>,
+    /// The simulated SSIS catalog (SSISDB).
+    #[serde(default)]
+    pub ssis: crate::ssisdb::config::SsisConfig,
+}
+
+/// Database roles of SSISDB a login may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SsisRole {
+    /// Sees, stops and manages every operation.
+    SsisAdmin,
+    /// Reads every operation's log (SQL Server 2016+); stops none but its own.
+    SsisLogreader,
 }
 
 /// msdb role of a login, which decides what it sees and may start.
@@ -57,6 +71,14 @@ pub struct LoginConfig {
     /// `HAS_PERMS_BY_NAME` answers 0 for it.
     #[serde(default)]
     pub deny: Vec<String>,
+    /// A Windows principal (`DOMAIN\user`): logs in with NTLM (tiberius
+    /// `AuthMethod::windows`), not with a SQL Server password login. The catalog's writing
+    /// procedures refuse every other login (27123).
+    #[serde(default)]
+    pub windows: bool,
+    /// SSISDB roles (`ssis_admin`, `ssis_logreader`).
+    #[serde(default)]
+    pub ssis_roles: Vec<SsisRole>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,13 +252,22 @@ fn default_start_latency() -> Duration {
 }
 
 /// serde glue for humantime strings ("150ms", "2s").
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// An optional duration (`#[serde(default, with = "…::option")]`).
+    pub mod option {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
     }
 }
 
@@ -259,6 +290,14 @@ impl JobsFile {
             "at least one [[login]] is required"
         );
         crate::agent::clock::parse_offset(&self.agent.utc_offset)?;
+        for l in &self.logins {
+            anyhow::ensure!(
+                !l.windows || l.user.contains('\\'),
+                "login {:?}: a Windows login is named DOMAIN\\user",
+                l.user
+            );
+        }
+        self.ssis.validate()?;
         let mut names = std::collections::HashSet::new();
         for j in &self.jobs {
             anyhow::ensure!(names.insert(&j.name), "duplicate job name {:?}", j.name);

@@ -9,6 +9,9 @@
 //! schema fixture of msdb / master (`tsql`: unknown columns, parameters, objects), but types,
 //! conversions and built-in function semantics only a real server can check. Free-form SQL
 //! gets a clear error.
+//!
+//! It also simulates the SSIS catalog (SSISDB, `ssisdb`): executions created, started,
+//! followed and stopped through the catalog procedures and views, as Windows (NTLM) logins.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +21,7 @@ pub mod config;
 pub mod dispatch;
 pub mod response;
 mod server;
+pub mod ssisdb;
 pub mod tds;
 pub mod tsql;
 
@@ -132,7 +136,7 @@ impl Standin {
             .iter()
             .map(agent::steps::JobDef::from_config)
             .collect();
-        let agent = Agent::new(config.jobs.agent.clone(), jobs)?;
+        let agent = Agent::new(config.jobs.agent.clone(), jobs, &config.jobs.ssis)?;
         let tls = match config.tls {
             TlsSetup::None => None,
             TlsSetup::SelfSigned => Some(TlsMaterial::self_signed()?),
@@ -174,6 +178,11 @@ impl Standin {
     /// PEM of the server certificate (when TLS is on), to trust it as a CA bundle.
     pub fn cert_pem(&self) -> Option<String> {
         self.shared.tls.as_ref().map(|t| t.cert_pem.clone())
+    }
+
+    /// The simulated SSIS catalog: snapshots, injections and retention.
+    pub fn catalog(&self) -> &ssisdb::Catalog {
+        &self.shared.agent.catalog
     }
 
     pub fn stop_agent(&self, mode: StopMode) {
@@ -218,5 +227,6 @@ impl Drop for Standin {
         self.shutdown.cancel();
         // Ends the simulated runs too, so no job task outlives the stand-in.
         self.shared.agent.stop_service(StopMode::Crash);
+        self.shared.agent.catalog.shutdown();
     }
 }

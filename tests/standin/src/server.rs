@@ -14,7 +14,7 @@ use crate::dispatch::{self, ConnInfo, Request};
 use crate::response::{self, Chunk, Flavour, Reply};
 use crate::tds::packet::{self, Message, STATUS_EOM, kind};
 use crate::tds::tokens::{self, ServerMessage, done};
-use crate::tds::{login, prelogin, rpc, tls};
+use crate::tds::{login, ntlm, prelogin, rpc, tls};
 use crate::{CapturedRequest, FailMode, Shared};
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -120,10 +120,20 @@ async fn connection(
     }
     let l = login::parse(&m.payload)?;
     let spid = shared.next_spid.fetch_add(1, Ordering::Relaxed);
-    let account = shared.jobs.logins.iter().find(|a| a.user == l.user);
-    let Some(account) = account.filter(|a| a.password == l.password) else {
-        tracing::info!(user = %l.user, "login failed");
-        let out = packet::frame(kind::RESPONSE, &login::encode_failure(&l.user), 4096, spid);
+    let (account, name) = if l.integrated {
+        windows_login(&mut stream, &shared, &l, spid).await?
+    } else {
+        // A Windows principal has no SQL Server password: SQL authentication fails for it.
+        let account = shared
+            .jobs
+            .logins
+            .iter()
+            .find(|a| a.user == l.user && !a.windows);
+        (account.filter(|a| a.password == l.password), l.user.clone())
+    };
+    let Some(account) = account else {
+        tracing::info!(user = %name, "login failed");
+        let out = packet::frame(kind::RESPONSE, &login::encode_failure(&name), 4096, spid);
         stream.write_all(&out).await?;
         stream.flush().await?;
         let _ = stream.shutdown().await;
@@ -149,6 +159,7 @@ async fn connection(
         caller: Caller::from_login(account),
         app_name: l.app_name.clone(),
         spid,
+        database: database.to_string(),
     };
     let (mut rd, wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Message>(8);
@@ -193,6 +204,41 @@ async fn connection(
     reader.abort();
     let _ = w.io.shutdown().await;
     result
+}
+
+/// NTLM inside the login: answers LOGIN7's NEGOTIATE with a CHALLENGE (SSPI token), reads
+/// the AUTHENTICATE and verifies it against a Windows login of the jobs file. Returns the
+/// account (`None`: login failed) and the name the client authenticated as.
+async fn windows_login<'a, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &'a Shared,
+    l: &login::Login7,
+    spid: u16,
+) -> anyhow::Result<(Option<&'a crate::config::LoginConfig>, String)> {
+    if !ntlm::is_negotiate(&l.sspi) {
+        // Kerberos/SPNEGO (tiberius's Integrated on Windows or GSSAPI) is not simulated.
+        return Ok((None, String::new()));
+    }
+    let mut server_challenge = [0u8; 8];
+    server_challenge.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+    let mut b = Vec::new();
+    tokens::put_sspi(&ntlm::challenge(server_challenge, "STANDIN"), &mut b);
+    stream
+        .write_all(&packet::frame(kind::RESPONSE, &b, 4096, spid))
+        .await?;
+    stream.flush().await?;
+    let m = read_required(stream).await?;
+    if m.kind != kind::SSPI && m.kind != kind::LOGIN7 {
+        return Err(unexpected(&m));
+    }
+    let auth = ntlm::parse_authenticate(&m.payload)?;
+    let name = auth.login_name();
+    let account = shared.jobs.logins.iter().find(|a| {
+        a.windows
+            && a.user.eq_ignore_ascii_case(&name)
+            && ntlm::verify(&auth, server_challenge, &a.password)
+    });
+    Ok((account, name))
 }
 
 struct Writer<W> {

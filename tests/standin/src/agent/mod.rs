@@ -20,7 +20,7 @@ use chrono::NaiveDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{AgentConfig, LoginConfig, Role};
+use crate::config::{AgentConfig, LoginConfig, Role, SsisRole};
 pub use errors::AgentError;
 use msdb::Msdb;
 use steps::JobDef;
@@ -96,6 +96,12 @@ pub struct Caller {
     pub requester: String,
     /// Three-part names of objects the login may not read or execute (lower case).
     pub denied: Vec<String>,
+    /// Authenticated as a Windows principal (NTLM); SQL logins get 27123 from the catalog.
+    pub windows: bool,
+    /// SSISDB `ssis_admin`: sees, stops and manages every catalog operation.
+    pub ssis_admin: bool,
+    /// SSISDB `ssis_logreader`: sees every catalog operation.
+    pub ssis_logreader: bool,
 }
 
 impl Caller {
@@ -109,7 +115,30 @@ impl Caller {
             enum_jobs: l.enum_jobs.unwrap_or(sa),
             requester: l.nt_client.clone().unwrap_or_else(|| l.user.clone()),
             denied: l.deny.iter().map(|d| d.to_lowercase()).collect(),
+            windows: l.windows,
+            ssis_admin: l.ssis_roles.contains(&SsisRole::SsisAdmin),
+            ssis_logreader: l.ssis_roles.contains(&SsisRole::SsisLogreader),
         }
+    }
+
+    /// A Windows account acting inside the server (the Agent service running an SSIS step).
+    pub fn windows_account(name: &str) -> Self {
+        Self {
+            login: name.to_string(),
+            role: Role::User,
+            view_server_state: false,
+            read_sessions: false,
+            enum_jobs: false,
+            requester: name.to_string(),
+            denied: Vec::new(),
+            windows: true,
+            ssis_admin: false,
+            ssis_logreader: false,
+        }
+    }
+
+    pub fn is_sysadmin(&self) -> bool {
+        self.role == Role::Sysadmin
     }
 
     /// `HAS_PERMS_BY_NAME(object, 'OBJECT', …)` for the objects the catalogue names.
@@ -219,11 +248,18 @@ pub struct Agent {
     pub clock: clock::Clock,
     /// When the stand-in (the "engine") started: `tempdb.create_date`.
     pub server_started: NaiveDateTime,
+    /// The SSIS catalog on the same instance (SSIS job steps create executions there).
+    pub catalog: crate::ssisdb::Catalog,
 }
 
 impl Agent {
-    pub fn new(settings: AgentConfig, jobs: Vec<JobDef>) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: AgentConfig,
+        jobs: Vec<JobDef>,
+        ssis: &crate::ssisdb::SsisConfig,
+    ) -> anyhow::Result<Self> {
         let clock = clock::Clock::new(clock::parse_offset(&settings.utc_offset)?);
+        let catalog = crate::ssisdb::Catalog::new(ssis.clone(), clock);
         let running = settings.running;
         let agent = Self {
             state: Arc::new(Mutex::new(State {
@@ -240,6 +276,7 @@ impl Agent {
             history_lock: history_lock::HistoryLock::default(),
             clock,
             server_started: clock.now_local(),
+            catalog,
         };
         if running {
             // At boot the Agent is simply up: no start-up phase.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::msdb::{LastRun, NewHistory, run_status};
 use super::steps::{Action, JobDef, StepDef};
 use super::{Agent, Phase, State, clock};
+use crate::ssisdb::agent_step::{self, StepEnd};
 
 pub(super) struct RunTokens {
     pub run_no: u64,
@@ -145,11 +146,29 @@ pub(super) async fn run(agent: Agent, job: JobDef, t: RunTokens) {
                 live.step_started = Some((agent.clock.now_local(), Instant::now()));
                 live.last_step = Some((st.id, st.name.clone()));
             });
-            pause!(st.duration);
-            let ok = st.attempt_succeeds(attempt);
+            let (ok, message) = if st.subsystem.eq_ignore_ascii_case("SSIS") {
+                // The step's command creates and runs a catalog execution (ssisdb::agent_step).
+                let account = agent.catalog.lock().settings.agent_account.clone();
+                match agent_step::run_step(
+                    &agent.catalog,
+                    &account,
+                    &st.command,
+                    &t.stop,
+                    &t.session,
+                )
+                .await
+                {
+                    StepEnd::Finished { ok, message } => (ok, Some(message)),
+                    StepEnd::Stopped => return handle_stop(&agent, id, &t).await,
+                    StepEnd::SessionEnded => return,
+                }
+            } else {
+                pause!(st.duration);
+                (st.attempt_succeeds(attempt), None)
+            };
             let will_retry = !ok && attempt < st.retries;
             let written = with_run(&agent, id, t.run_no, |s| {
-                write_step_row(s, &job, &st, attempt, ok, will_retry);
+                write_step_row(s, &job, &st, attempt, ok, will_retry, message);
             });
             if written.is_none() {
                 return;
@@ -218,6 +237,7 @@ fn write_step_row(
     attempt: i32,
     ok: bool,
     will_retry: bool,
+    message: Option<String>,
 ) {
     let live = &s.live[&job.job_id];
     let (started, at) = live.step_started.expect("step started");
@@ -228,7 +248,7 @@ fn write_step_row(
         (false, true) => run_status::RETRY,
         (false, false) => run_status::FAILED,
     };
-    let message = step_message(st, ok);
+    let message = message.unwrap_or_else(|| step_message(st, ok));
     let server = s.settings.server_name.clone();
     s.msdb.insert_history(
         NewHistory {

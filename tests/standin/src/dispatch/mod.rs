@@ -8,6 +8,8 @@ pub mod objects;
 mod params;
 mod poll;
 mod probes;
+mod ssis;
+mod ssis_poll;
 
 use crate::agent::{Agent, Caller};
 use crate::response::Reply;
@@ -17,6 +19,7 @@ use crate::tds::values::Value;
 
 pub use catalog::MARKERS;
 pub use params::Params;
+pub use ssis::MARKERS as SSIS_MARKERS;
 
 /// Who is on the connection.
 #[derive(Debug, Clone)]
@@ -24,6 +27,8 @@ pub struct ConnInfo {
     pub caller: Caller,
     pub app_name: String,
     pub spid: u16,
+    /// The database the login asked for (`DB_NAME()`).
+    pub database: String,
 }
 
 /// A request reduced to what dispatch needs.
@@ -109,12 +114,14 @@ pub fn handle(agent: &Agent, conn: &ConnInfo, req: &Request) -> Reply {
         if let Some(object) = objects::first_denied(&req.text, |o| conn.caller.may_use(o)) {
             return Reply::error(objects::permission_denied(&object));
         }
-        return catalog::handle(agent, conn, name.trim(), &p).unwrap_or_else(|| {
-            Reply::error(unsupported(&format!(
-                "unknown marker agentfleet:{}",
-                name.trim()
-            )))
-        });
+        return catalog::handle(agent, conn, name.trim(), &p)
+            .or_else(|| ssis::handle(agent, conn, name.trim(), &p))
+            .unwrap_or_else(|| {
+                Reply::error(unsupported(&format!(
+                    "unknown marker agentfleet:{}",
+                    name.trim()
+                )))
+            });
     }
     if let Some(rest) = first.strip_prefix("-- standin:") {
         return probes::probe(rest.trim(), &p);

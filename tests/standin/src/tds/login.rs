@@ -15,6 +15,10 @@ pub struct Login7 {
     pub app_name: String,
     pub server_name: String,
     pub database: String,
+    /// Integrated security (OptionFlags2 bit 0x80): `sspi` holds the first SSPI token (an
+    /// NTLM NEGOTIATE from tiberius's `AuthMethod::windows`).
+    pub integrated: bool,
+    pub sspi: Vec<u8>,
 }
 
 /// Reads the (offset, count) pair at `at` and returns the UTF-16 string it points to. Offsets are
@@ -64,7 +68,19 @@ pub fn parse(payload: &[u8]) -> Result<Login7, ProtocolError> {
         app_name: from_utf16(&field(payload, 48)?),
         server_name: from_utf16(&field(payload, 52)?),
         database: from_utf16(&field(payload, 68)?),
+        integrated: payload[25] & 0x80 != 0,
+        sspi: sspi(payload)?,
     })
+}
+
+/// The SSPI field: offset at 78, length in *bytes* at 80 (unlike the UTF-16 fields).
+fn sspi(payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+    let off = u16::from_le_bytes([payload[78], payload[79]]) as usize;
+    let len = u16::from_le_bytes([payload[80], payload[81]]) as usize;
+    payload
+        .get(off..off + len)
+        .map(<[u8]>::to_vec)
+        .ok_or(ProtocolError::Truncated("LOGIN7 SSPI data"))
 }
 
 /// The packet size the stand-in agrees to: what the client asked for, within tiberius's limits.

@@ -4,6 +4,7 @@
 //! requests to the dispatcher and encodes the answer with [`tokens`] and [`values`].
 
 pub mod login;
+pub mod ntlm;
 pub mod packet;
 pub mod prelogin;
 pub mod rpc;

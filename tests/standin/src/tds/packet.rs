@@ -13,6 +13,8 @@ pub mod kind {
     pub const ATTENTION: u8 = 0x06;
     pub const TRANSACTION_MANAGER: u8 = 0x0E;
     pub const LOGIN7: u8 = 0x10;
+    /// An SSPI token following LOGIN7 (tiberius's sspi-rs path sends it as 0x10 instead).
+    pub const SSPI: u8 = 0x11;
     pub const PRELOGIN: u8 = 0x12;
 }
 

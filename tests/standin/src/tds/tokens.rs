@@ -9,6 +9,7 @@ pub const ERROR: u8 = 0xAA;
 pub const INFO: u8 = 0xAB;
 pub const RETURNVALUE: u8 = 0xAC;
 pub const LOGINACK: u8 = 0xAD;
+pub const SSPI: u8 = 0xED;
 pub const ROW: u8 = 0xD1;
 pub const ENVCHANGE: u8 = 0xE3;
 pub const DONE: u8 = 0xFD;
@@ -178,6 +179,13 @@ pub fn put_envchange_text(kind: u8, new: &str, old: &str, out: &mut Vec<u8>) {
 }
 
 /// ENVCHANGE type 7: SQL collation, new value 5 bytes, old value empty.
+/// SSPI token: u16 length + the security blob (an NTLM CHALLENGE during login).
+pub fn put_sspi(blob: &[u8], out: &mut Vec<u8>) {
+    out.push(SSPI);
+    out.extend_from_slice(&(blob.len() as u16).to_le_bytes());
+    out.extend_from_slice(blob);
+}
+
 pub fn put_envchange_collation(collation: &[u8; 5], out: &mut Vec<u8>) {
     out.push(ENVCHANGE);
     out.extend_from_slice(&8u16.to_le_bytes());

@@ -1,7 +1,8 @@
 //! Checks every catalogued batch with a real T-SQL grammar (`sqlparser`, MS SQL dialect)
-//! against the schema fixture (`schema/msdb.toml`), the way SQL Server compiles a batch:
-//! an unknown column of an msdb / master table or view is error 207, an unknown procedure
-//! parameter 8145, an unknown object 208 / 2812 — and then nothing in the batch runs.
+//! against the schema fixtures (`schema/msdb.toml`, `schema/ssisdb.toml`), the way SQL Server
+//! compiles a batch: an unknown column of an msdb / master / SSISDB table or view is error
+//! 207, an unknown procedure parameter 8145, an unknown object 208 / 2812 — and then nothing
+//! in the batch runs.
 //!
 //! What the grammar lacks is rewritten first, and the rewrite is reported (`Report::notes`):
 //! `BEGIN TRY … END CATCH` (the statements inside are checked as if unwrapped),
@@ -13,7 +14,7 @@
 //! Not checked (only a real server can): types and conversions, permissions beyond the
 //! stand-in's own model, semantics of built-in functions, name resolution of table
 //! variables, temp tables and `OPENJSON … WITH` columns, and everything about objects
-//! outside msdb / master / `sys.*`.
+//! outside msdb / master / SSISDB / `sys.*`.
 
 mod resolve;
 pub mod schema;

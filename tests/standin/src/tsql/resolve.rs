@@ -77,7 +77,7 @@ struct Resolver<'a> {
 }
 
 fn object_name(n: &ObjectName) -> String {
-    n.to_string().replace(['[', ']'], "").to_lowercase()
+    Schema::normalize(n.to_string().replace(['[', ']'], "").to_lowercase())
 }
 
 fn short(name: &str) -> &str {

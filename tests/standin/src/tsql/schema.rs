@@ -1,5 +1,6 @@
-//! The schema fixture (`schema/msdb.toml`): msdb / master tables, views and procedures with
-//! the Microsoft Learn page each entry comes from.
+//! The schema fixtures: msdb / master tables, views and procedures (`schema/msdb.toml`) and
+//! the SSIS catalog's views and procedures (`schema/ssisdb.toml`), with the Microsoft Learn
+//! page each entry comes from.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -58,6 +59,7 @@ pub struct Schema {
 }
 
 pub const FIXTURE: &str = include_str!("../../schema/msdb.toml");
+pub const SSISDB_FIXTURE: &str = include_str!("../../schema/ssisdb.toml");
 
 impl Schema {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
@@ -96,15 +98,35 @@ impl Schema {
         })
     }
 
-    /// The fixture shipped with the stand-in.
+    /// The fixtures shipped with the stand-in (msdb / master and SSISDB), merged.
     pub fn get() -> &'static Schema {
         static SCHEMA: OnceLock<Schema> = OnceLock::new();
-        SCHEMA.get_or_init(|| Schema::parse(FIXTURE).expect("schema/msdb.toml is valid"))
+        SCHEMA.get_or_init(|| {
+            let mut s = Schema::parse(FIXTURE).expect("schema/msdb.toml is valid");
+            let ssisdb = Schema::parse(SSISDB_FIXTURE).expect("schema/ssisdb.toml is valid");
+            s.tables.extend(ssisdb.tables);
+            s.procedures.extend(ssisdb.procedures);
+            s
+        })
     }
 
-    /// Whether a (lower-case, unbracketed) name is in a database the fixture describes:
-    /// `msdb.*.*`, `master.*.*`, or a `sys.*` catalog view.
+    /// Whether a (lower-case, unbracketed, [`normalize`](Self::normalize)d) name is in a
+    /// database the fixtures describe: `msdb.*.*`, `master.*.*`, `ssisdb.*.*`, or a `sys.*`
+    /// catalog view.
     pub fn covers(name: &str) -> bool {
-        name.starts_with("msdb.") || name.starts_with("master.") || name.starts_with("sys.")
+        name.starts_with("msdb.")
+            || name.starts_with("master.")
+            || name.starts_with("ssisdb.")
+            || name.starts_with("sys.")
+    }
+
+    /// A two-part `catalog.x` name is SSISDB's `catalog` schema (the SSIS backend's
+    /// connection uses database SSISDB); every other name is kept as written.
+    pub fn normalize(name: String) -> String {
+        if name.starts_with("catalog.") && name.split('.').count() == 2 {
+            format!("ssisdb.{name}")
+        } else {
+            name
+        }
     }
 }

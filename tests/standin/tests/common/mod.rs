@@ -152,3 +152,5 @@ macro_rules! wait_until {
         }
     }};
 }
+
+pub mod ssis;
