@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentfleet_common::proto::{self, event::Kind};
+use agentfleet_common::proto::event::Kind;
 use tokio::sync::oneshot;
 
 use super::command_line;
@@ -23,7 +23,7 @@ use crate::events::EventSink;
 /// How long a job's Finished waits for its SSIS steps' catalog follows to end.
 pub const FINISH_GRACE: Duration = Duration::from_secs(30);
 
-type Done = oneshot::Receiver<Option<(proto::Outcome, String)>>;
+type Done = oneshot::Receiver<Option<super::follower::Ended>>;
 
 /// Where the catalog of a server is read: the `[sqlagent]` login, database SSISDB.
 #[derive(Clone)]
@@ -165,18 +165,21 @@ impl AgentSteps {
             return;
         };
         let local = self.access.settings.clone();
-        let (settings, server) = match command.server.as_deref() {
-            None | Some(".") | Some("(local)") | Some("localhost") => {
-                (local.clone(), local.address())
-            }
-            Some(s) if local.is_server(s) => (local.clone(), s.to_string()),
-            Some(s) => match local.on_server(s) {
-                Ok(other) => (other, s.to_string()),
+        // A `/SERVER` without a port names an instance the sidecar cannot resolve on its
+        // own (no SQL Browser): it is taken to be the `[sqlagent]` one, which it almost
+        // always is (SSMS writes the job's own server). One with a port is reached there.
+        let server = command.server.clone().unwrap_or_else(|| local.address());
+        let explicit_port = server.contains(',') || server.starts_with("tcp:");
+        let settings = if !explicit_port || local.is_server(&server) {
+            local
+        } else {
+            match local.on_server(&server) {
+                Ok(other) => other,
                 Err(e) => {
-                    tracing::warn!(step = step_id, server = s, error = %e, "the SSIS step's /SERVER cannot be reached; its catalog execution is not followed");
+                    tracing::warn!(step = step_id, %server, error = %e, "the SSIS step's /SERVER cannot be reached; its catalog execution is not followed");
                     return;
                 }
-            },
+            }
         };
         let step = step_id as u32;
         let resume = self.resume.remove(&step);

@@ -315,8 +315,8 @@ impl CatalogBackend {
             (self.ledger.clone(), self.busy.clone(), job_name.to_string());
         let started_ms = entry.created_ms;
         tokio::spawn(async move {
-            let (outcome, message) = match done_rx.await {
-                Ok(Some(o)) => o,
+            let (outcome, message, span) = match done_rx.await {
+                Ok(Some(e)) => (e.outcome, e.message, e.span),
                 // The sidecar is shutting down (the sink closed): the journal resumes it.
                 _ => return,
             };
@@ -325,14 +325,17 @@ impl CatalogBackend {
                 proto::Outcome::Canceled => proto::StepStatus::Canceled,
                 _ => proto::StepStatus::Failed,
             };
+            // The catalog's own times when it has them (not the sidecar's final sweep).
             let now = agentfleet_common::now_ms();
+            let started_ms = span.0.unwrap_or(started_ms);
+            let ended_ms = span.1.unwrap_or(now);
             ctx.events
                 .emit(Kind::StepFinished(proto::StepFinished {
                     step_id: STEP,
                     step_name: package,
                     status: status as i32,
                     message: message.clone(),
-                    duration_ms: (now - started_ms).max(0) as u64,
+                    duration_ms: (ended_ms - started_ms).max(0) as u64,
                     attempt: 1,
                     started_at_ms: started_ms,
                     ..Default::default()

@@ -57,8 +57,28 @@ pub struct Follow {
     /// Direct catalog jobs: stop the execution when cancelled (`None`: an Agent step,
     /// which the Agent stops).
     pub stop: Option<CancellationToken>,
-    /// Cancelled when the follow ends; the outcome (of the catalog execution) is sent.
-    pub done: tokio::sync::oneshot::Sender<Option<(proto::Outcome, String)>>,
+    /// Told when the follow ends: how the catalog execution ended (`None`: not followed
+    /// to its end, e.g. never found).
+    pub done: tokio::sync::oneshot::Sender<Option<Ended>>,
+}
+
+/// How a followed catalog execution ended.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub outcome: proto::Outcome,
+    pub message: String,
+    /// The catalog's start and end times (Unix ms), when known.
+    pub span: (Option<i64>, Option<i64>),
+}
+
+impl Ended {
+    fn new(outcome: proto::Outcome, message: String) -> Self {
+        Self {
+            outcome,
+            message,
+            span: (None, None),
+        }
+    }
 }
 
 struct Followed {
@@ -68,7 +88,7 @@ struct Followed {
     stop_first: Option<Instant>,
     stop_sent: Option<Instant>,
     stop_noted: bool,
-    outcome: Option<Option<(proto::Outcome, String)>>,
+    outcome: Option<Option<Ended>>,
 }
 
 impl Followed {
@@ -130,7 +150,7 @@ async fn run(settings: Settings, interval: Duration, mut rx: mpsc::UnboundedRece
                     failed = Some(backoff.next_delay());
                     if last_ok.elapsed() > LOST_AFTER {
                         for x in &mut followed {
-                            x.outcome = Some(Some((
+                            x.outcome = Some(Some(Ended::new(
                                 proto::Outcome::Lost,
                                 format!(
                                     "no answer from SSISDB on {server} for {}s ({e}); the package's outcome is unknown",
@@ -324,7 +344,12 @@ async fn observe(x: &mut Followed, r: &PollResult) {
     });
     deliver(&x.f.sink, outs).await;
     if t.is_done() {
-        x.outcome = Some(t.outcome());
+        let span = t.span();
+        x.outcome = Some(t.outcome().map(|(outcome, message)| Ended {
+            outcome,
+            message,
+            span,
+        }));
     } else if x.f.stop.is_none()
         && x.step_ended
             .as_ref()
@@ -361,7 +386,7 @@ async fn handle_stop(x: &mut Followed, conn: &mut Conn) {
     let step_id = t.step_id;
     let first = *x.stop_first.get_or_insert_with(Instant::now);
     if first.elapsed() > STOP_BOUND {
-        x.outcome = Some(Some((
+        x.outcome = Some(Some(Ended::new(
             proto::Outcome::Canceled,
             format!(
                 "stop requested; the catalog had not ended execution {} within {}s, so the package may still be running",

@@ -18,7 +18,7 @@ use super::rows::{DataStat, ExecStatus, Message, Stat};
 /// A row older than this (server clock) is taken to have every lower id committed.
 pub const SETTLE_MS: i64 = 5_000;
 /// After the terminal status, how long late messages are still looked for.
-pub const FINAL_SWEEP_MS: i64 = 8_000;
+pub const FINAL_SWEEP_MS: i64 = 6_000;
 /// Polls in a row without the execution's row before it counts as vanished (retention,
 /// lost permission): an invisible execution is indistinguishable from a deleted one.
 const MISSING_POLLS: u32 = 3;
@@ -116,6 +116,8 @@ pub struct CatalogTracker {
     rows_total: BTreeMap<(String, String), u64>,
     rows_shown: BTreeMap<(String, String), u64>,
     missing_polls: u32,
+    /// The execution's `start_time` and `end_time` (Unix ms), as last polled.
+    span: (Option<i64>, Option<i64>),
     terminal_at_ms: Option<i64>,
     vanished: bool,
     done: bool,
@@ -136,6 +138,7 @@ impl CatalogTracker {
             rows_total: BTreeMap::new(),
             rows_shown: BTreeMap::new(),
             missing_polls: 0,
+            span: (None, None),
             terminal_at_ms: None,
             vanished: false,
             done: false,
@@ -159,6 +162,11 @@ impl CatalogTracker {
 
     pub fn status(&self) -> Option<i32> {
         self.status
+    }
+
+    /// The execution's start and end (Unix ms), when the catalog has recorded them.
+    pub fn span(&self) -> (Option<i64>, Option<i64>) {
+        self.span
     }
 
     /// True once the execution ended and its late messages were swept (or it vanished).
@@ -241,6 +249,7 @@ impl CatalogTracker {
             return out;
         };
         self.missing_polls = 0;
+        self.span = (st.start_ms.or(self.span.0), st.end_ms.or(self.span.1));
         let mut fresh = false;
         // Messages first: they describe what happened before the status they led to.
         for m in sorted(obs.messages, |m| m.id) {
