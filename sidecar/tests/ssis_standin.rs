@@ -723,3 +723,89 @@ async fn a_restart_mid_execution_neither_repeats_nor_loses_catalog_messages() {
         "never started twice"
     );
 }
+
+#[tokio::test]
+async fn a_message_committed_out_of_order_is_journaled_once() {
+    let s = standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let b = catalog_backend(&s, dir.path(), true);
+    let run = start(&b, &journal, "h1", "Long", &[], false).await.unwrap();
+    // "middle one" gets its id when written but commits only after "last one" was read.
+    until_journaled(
+        &journal,
+        "h1",
+        "the middle task's start",
+        |k| matches!(k, Kind::SubStepStarted(s) if s.path == "\\Long\\Middle"),
+    )
+    .await;
+    s.catalog().hold_next_message();
+    until_journaled(
+        &journal,
+        "h1",
+        "a later message",
+        |k| matches!(k, Kind::Logs(l) if l.lines.iter().any(|l| l.line == "last one")),
+    )
+    .await;
+    let held = s.catalog().held_messages();
+    assert_eq!(held.len(), 1, "a message is held");
+    s.catalog().release_held_messages();
+    let all = finished(&journal, run).await;
+    assert_eq!(outcome(&all), proto::Outcome::Succeeded);
+    let lines = catalog_lines(&all);
+    assert_unique_ids(&lines);
+    let mut texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    texts.sort_unstable();
+    assert_eq!(
+        texts,
+        [
+            "first one",
+            "first two",
+            "last one",
+            "last two",
+            "middle one"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn check_says_what_the_login_sees_in_ssisdb() {
+    let s = standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let sql = connection(s.addr(), "sql", "agentfleet", &pw);
+    let items = agentfleet_sidecar::backend::ssis::check::check(&sql, "sqlagent", true).await;
+    let text = format!("{items:?}");
+    assert!(
+        text.contains("ssis_logreader") && text.contains("SQL Server authentication"),
+        "{text}"
+    );
+    let start = items
+        .iter()
+        .find(|i| i.name == "ssis start packages")
+        .expect("a start item");
+    assert_eq!(
+        start.status,
+        agentfleet_sidecar::backend::sqlagent::CheckStatus::Fail
+    );
+    assert!(start.detail.contains("27123"), "{}", start.detail);
+
+    std::fs::write(&pw, "Etl-pw-1\n").unwrap();
+    let win = connection(s.addr(), "windows", "CONTOSO\\etl", &pw);
+    let items = agentfleet_sidecar::backend::ssis::check::check(&win, "ssis", true).await;
+    let text = format!("{items:?}");
+    assert!(
+        text.contains("Windows authentication") && text.contains("only the executions it created"),
+        "{text}"
+    );
+    let start = items
+        .iter()
+        .find(|i| i.name == "ssis start packages")
+        .unwrap();
+    assert_eq!(
+        start.status,
+        agentfleet_sidecar::backend::sqlagent::CheckStatus::Ok,
+        "{text}"
+    );
+}
