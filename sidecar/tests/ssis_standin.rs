@@ -113,6 +113,14 @@ subsystem = "SSIS"
 command = '/ISSERVER "\"\SSISDB\ETL\Warehouse\Load.dtsx\"" /SERVER "\"SQL1\"" /Par "\"$ServerOption::LOGGING_LEVEL(Int16)\"";3 /Par "\"$ServerOption::SYNCHRONIZED(Boolean)\"";True /CALLERINFO SQLAGENT /REPORTING E'
 
 [[job]]
+name = "SSIS Long"
+start_latency = "10ms"
+[[job.step]]
+name = "Run Long"
+subsystem = "SSIS"
+command = '/ISSERVER "\"\SSISDB\ETL\Warehouse\Long.dtsx\"" /SERVER "\"SQL1\"" /Par "\"$ServerOption::SYNCHRONIZED(Boolean)\"";True /CALLERINFO SQLAGENT /REPORTING E'
+
+[[job]]
 name = "SSIS Broken"
 start_latency = "10ms"
 [[job.step]]
@@ -808,4 +816,55 @@ async fn check_says_what_the_login_sees_in_ssisdb() {
         agentfleet_sidecar::backend::sqlagent::CheckStatus::Ok,
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_restart_during_an_agent_ssis_step_resumes_its_catalog_follow() {
+    let s = standin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let first = agent_backend(&s, dir.path()).await;
+    let run = start(&first, &journal, "i1", "SSIS Long", &[], false)
+        .await
+        .unwrap();
+    until_journaled(
+        &journal,
+        "i1",
+        "the first task's messages",
+        |k| matches!(k, Kind::Logs(l) if l.lines.iter().any(|l| l.line == "first two")),
+    )
+    .await;
+    run.writer.abort();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let second = agent_backend(&s, dir.path()).await;
+    let all = finished(
+        &journal,
+        start(&second, &journal, "i1", "SSIS Long", &[], true)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(outcome(&all), proto::Outcome::Succeeded, "{all:?}");
+    let lines = catalog_lines(&all);
+    assert_unique_ids(&lines);
+    let mut texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    texts.sort_unstable();
+    assert_eq!(
+        texts,
+        [
+            "first one",
+            "first two",
+            "last one",
+            "last two",
+            "middle one"
+        ]
+    );
+    let subs: Vec<String> = finished_sub_steps(&all)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(subs, ["First", "Middle", "Last"]);
+    assert_eq!(statuses(&all).last(), Some(&7), "{all:?}");
 }

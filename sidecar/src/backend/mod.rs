@@ -133,8 +133,10 @@ impl ResumeState {
             }
             Kind::CatalogExecution(c) => {
                 let r = self.catalog.entry(c.step_id).or_default();
-                if r.ident.execution_id != c.catalog_execution_id {
-                    // Another execution for the step (a retried Agent step): start afresh.
+                // Another execution for the step (a retried Agent step): start afresh. (The
+                // first tick's messages are journaled before the status that names the
+                // execution: they belong to it.)
+                if r.ident.execution_id != 0 && r.ident.execution_id != c.catalog_execution_id {
                     *r = ssis::CatalogResume::default();
                 }
                 r.ident = ssis::CatalogIdent {

@@ -250,6 +250,11 @@ impl CatalogTracker {
         };
         self.missing_polls = 0;
         self.span = (st.start_ms.or(self.span.0), st.end_ms.or(self.span.1));
+        // Found: say which execution before anything it logged (a journal read after a
+        // restart attributes the messages that follow to it).
+        if self.status.is_none() {
+            self.set_status(st.status, now, &mut out);
+        }
         let mut fresh = false;
         // Messages first: they describe what happened before the status they led to.
         for m in sorted(obs.messages, |m| m.id) {

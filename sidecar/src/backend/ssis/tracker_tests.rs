@@ -156,6 +156,55 @@ fn reports_status_changes_sub_steps_and_messages() {
 }
 
 #[test]
+fn the_first_poll_names_the_execution_before_its_messages() {
+    let mut t = tracker();
+    let st = status(2);
+    let msgs = [msg(3, T0, message_type::INFORMATION, "\\P\\T", "hello")];
+    let out = t.observe(&Observation {
+        status: Some(&st),
+        polled_at_ms: T0,
+        messages: &msgs,
+        ..Default::default()
+    });
+    assert!(matches!(&out[0], Out::Event { kind: Kind::CatalogExecution(c), .. } if c.status == 2));
+    assert_eq!(log_ids(&out), vec![3]);
+}
+
+#[test]
+fn the_journal_attributes_catalog_messages_to_their_execution() {
+    use agentfleet_common::proto::event::Kind as K;
+    let exec = |id: i64| {
+        K::CatalogExecution(proto::CatalogExecution {
+            step_id: 1,
+            catalog_execution_id: id,
+            status: 2,
+            ..Default::default()
+        })
+    };
+    let logs = |id: i64| {
+        K::Logs(proto::Logs {
+            lines: vec![proto::LogLine {
+                step_id: 1,
+                catalog_message_id: id,
+                ..Default::default()
+            }],
+        })
+    };
+    let mut r = crate::backend::ResumeState::default();
+    // Messages journaled in the same tick as (before) the status that names the execution.
+    for k in [logs(5), exec(42), logs(6)] {
+        r.observe(&k);
+    }
+    assert_eq!(r.catalog[&1].ident.execution_id, 42);
+    assert_eq!(r.catalog[&1].message_ids, [5, 6].into());
+    // A retried step's new execution starts afresh.
+    for k in [exec(50), logs(9)] {
+        r.observe(&k);
+    }
+    assert_eq!(r.catalog[&1].message_ids, [9].into());
+}
+
+#[test]
 fn execution_results_map_to_sub_step_statuses() {
     for (result, expect) in [
         (0, proto::StepStatus::Succeeded),
@@ -181,7 +230,7 @@ fn execution_results_map_to_sub_step_statuses() {
             ..Default::default()
         });
         assert!(
-            matches!(kinds(&out)[0], Kind::SubStepFinished(f) if f.status == expect as i32 && f.name == "Loop")
+            matches!(kinds(&out)[1], Kind::SubStepFinished(f) if f.status == expect as i32 && f.name == "Loop")
         );
     }
 }
@@ -259,7 +308,7 @@ fn data_flow_rows_are_running_totals() {
         data: &[d(1, 100), d(2, 50)],
         ..Default::default()
     });
-    assert!(matches!(kinds(&out)[..], [Kind::DataFlowRows(r), _] if r.rows == 150));
+    assert!(matches!(kinds(&out)[..], [Kind::CatalogExecution(_), Kind::DataFlowRows(r)] if r.rows == 150));
     let out = t.observe(&Observation {
         status: Some(&st),
         polled_at_ms: T0 + 1,
