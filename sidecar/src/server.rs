@@ -119,6 +119,8 @@ pub async fn bind(config: &SidecarConfig) -> Result<Bound, ServeError> {
 /// when `[sqlagent]` is present, SSIS catalog jobs when there are any.
 pub async fn backends(config: &SidecarConfig) -> Result<Vec<Arc<dyn Backend>>, ServeError> {
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    // One catalog poller per server, for catalog jobs and Agent SSIS steps alike.
+    let followers: Arc<crate::backend::ssis::follower::Followers> = Arc::default();
     if !config.jobs.is_empty() {
         backends.push(Arc::new(crate::backend::command::CommandBackend::new(
             config.jobs.clone(),
@@ -126,12 +128,16 @@ pub async fn backends(config: &SidecarConfig) -> Result<Vec<Arc<dyn Backend>>, S
         )));
     }
     if let Some(sql) = &config.sqlagent {
-        let backend = crate::backend::sqlagent::SqlAgentBackend::connect(sql, &config.state_dir)
-            .await
-            .map_err(|source| ServeError::Backend {
-                backend: "sqlagent",
-                source,
-            })?;
+        let backend = crate::backend::sqlagent::SqlAgentBackend::connect_with(
+            sql,
+            &config.state_dir,
+            followers.clone(),
+        )
+        .await
+        .map_err(|source| ServeError::Backend {
+            backend: "sqlagent",
+            source,
+        })?;
         backends.push(Arc::new(backend));
     }
     if !config.catalog_jobs.is_empty() {
@@ -149,7 +155,7 @@ pub async fn backends(config: &SidecarConfig) -> Result<Vec<Arc<dyn Backend>>, S
             config.catalog_jobs.clone(),
             conn,
             &config.state_dir,
-            crate::backend::ssis::follower::Followers::shared(),
+            followers,
         )
         .map_err(|source| ServeError::Backend {
             backend: "ssis",

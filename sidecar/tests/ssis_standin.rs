@@ -1,6 +1,7 @@
 //! SSIS catalog scenarios against the stand-in's simulated SSISDB: Agent SSIS steps
 //! followed into the journal, catalog jobs started over NTLM, stops, retries and a restart.
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentfleet_common::proto::{self, Event, LogStream, event::Kind};
@@ -197,7 +198,7 @@ fn catalog_backend(s: &Standin, dir: &Path, windows: bool) -> CatalogBackend {
     } else {
         connection(s.addr(), "sql", "agentfleet", &pw)
     };
-    CatalogBackend::new(catalog_jobs(), &conn, dir, Followers::shared()).unwrap()
+    CatalogBackend::new(catalog_jobs(), &conn, dir, Arc::new(Followers::default())).unwrap()
 }
 
 async fn agent_backend(s: &Standin, dir: &Path) -> SqlAgentBackend {

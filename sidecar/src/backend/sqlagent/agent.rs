@@ -60,6 +60,16 @@ impl SqlAgentBackend {
     /// Reads the config (password included) and spawns the poller. An unreachable server is
     /// not an error here: connections are (re)opened on use.
     pub async fn connect(cfg: &SqlAgentConfig, state_dir: &Path) -> Result<Self, BackendError> {
+        Self::connect_with(cfg, state_dir, Arc::default()).await
+    }
+
+    /// `connect`, with the catalog pollers that follow SSIS steps' executions shared with
+    /// the catalog backend (one poller per server).
+    pub async fn connect_with(
+        cfg: &SqlAgentConfig,
+        state_dir: &Path,
+        followers: Arc<Followers>,
+    ) -> Result<Self, BackendError> {
         let settings = Settings::from_config(cfg).map_err(BackendError::InvalidArgument)?;
         let filter = JobFilter::new(&cfg.allow_jobs).map_err(BackendError::InvalidArgument)?;
         let ledger = Ledger::open(state_dir).map_err(|e| {
@@ -82,7 +92,7 @@ impl SqlAgentBackend {
             busy: busy.clone(),
         });
         let catalog = CatalogAccess {
-            followers: Followers::shared(),
+            followers,
             settings: settings.clone().with_database("SSISDB"),
             interval: cfg.poll_interval.unwrap_or(Duration::from_secs(1)),
         };

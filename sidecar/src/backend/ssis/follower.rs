@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::command_line::IsServerCommand;
 use super::correlate::{self, Correlation};
 use super::poll::{self, PollResult};
+use super::stop::StopState;
 use super::tracker::{CatalogIdent, CatalogResume, CatalogTracker, Observation, Out};
 use crate::backend::sqlagent::connection::{Conn, Settings, SqlError};
 use crate::events::{EventSink, SinkMsg};
@@ -21,10 +22,6 @@ use crate::events::{EventSink, SinkMsg};
 const LOST_AFTER: Duration = Duration::from_secs(300);
 /// How long an ended Agent step's execution is looked for before giving up.
 const CORRELATE_AFTER_END: Duration = Duration::from_secs(20);
-/// A stop refused because the execution is still pending (27124) is sent again this often.
-const STOP_REPEAT: Duration = Duration::from_secs(2);
-/// After a stop request, how long to wait for the catalog to end the execution.
-pub const STOP_BOUND: Duration = Duration::from_secs(120);
 
 /// What the follower is told.
 pub enum Msg {
@@ -72,7 +69,7 @@ pub struct Ended {
 }
 
 impl Ended {
-    fn new(outcome: proto::Outcome, message: String) -> Self {
+    pub fn new(outcome: proto::Outcome, message: String) -> Self {
         Self {
             outcome,
             message,
@@ -85,9 +82,7 @@ struct Followed {
     f: Follow,
     step_ended: Option<(Instant, String)>,
     ambiguous_noted: bool,
-    stop_first: Option<Instant>,
-    stop_sent: Option<Instant>,
-    stop_noted: bool,
+    stop: StopState,
     outcome: Option<Option<Ended>>,
 }
 
@@ -163,7 +158,14 @@ async fn run(settings: Settings, interval: Duration, mut rx: mpsc::UnboundedRece
             }
         }
         for x in &mut followed {
-            handle_stop(x, &mut conn).await;
+            if let (Some(token), Target::Known(t)) = (&x.f.stop, &x.f.target)
+                && token.is_cancelled()
+                && x.outcome.is_none()
+                && !t.is_done()
+                && let Some(ended) = x.stop.request(t, &x.f.sink, &mut conn).await
+            {
+                x.outcome = Some(Some(ended));
+            }
         }
         // Retire what is done (its outcome goes to whoever waits for it).
         let mut i = 0;
@@ -179,7 +181,7 @@ async fn run(settings: Settings, interval: Duration, mut rx: mpsc::UnboundedRece
         }
         let fast = followed
             .iter()
-            .any(|x| x.stop_first.is_some() || matches!(x.f.target, Target::Correlate { .. }));
+            .any(|x| x.stop.requested() || matches!(x.f.target, Target::Correlate { .. }));
         let sleep = failed.unwrap_or(if fast {
             interval.min(Duration::from_millis(250))
         } else {
@@ -202,9 +204,7 @@ fn receive(followed: &mut Vec<Followed>, m: Msg) {
             f: *f,
             step_ended: None,
             ambiguous_noted: false,
-            stop_first: None,
-            stop_sent: None,
-            stop_noted: false,
+            stop: StopState::default(),
             outcome: None,
         }),
         Msg::StepEnded {
@@ -353,7 +353,7 @@ async fn observe(x: &mut Followed, r: &PollResult) {
     } else if x.f.stop.is_none()
         && x.step_ended
             .as_ref()
-            .is_some_and(|(t, _)| t.elapsed() > STOP_BOUND)
+            .is_some_and(|(t, _)| t.elapsed() > super::stop::STOP_BOUND)
     {
         // The Agent step ended long ago and the package still runs (no SYNCHRONIZED):
         // the job is over; stop following it.
@@ -372,81 +372,14 @@ pub async fn deliver(sink: &EventSink, outs: Vec<Out>) {
     sink.group(group).await;
 }
 
-/// A direct job's stop: `catalog.stop_operation`, repeated while the catalog refuses it
-/// because the execution is still pending (27124 at status 1/5) or has no process yet
-/// (27125), and reported once; the execution ends as canceled when the catalog says so.
-async fn handle_stop(x: &mut Followed, conn: &mut Conn) {
-    let Some(stop) = &x.f.stop else { return };
-    let Target::Known(t) = &mut x.f.target else {
-        return;
-    };
-    if !stop.is_cancelled() || x.outcome.is_some() || t.is_done() {
-        return;
-    }
-    let step_id = t.step_id;
-    let first = *x.stop_first.get_or_insert_with(Instant::now);
-    if first.elapsed() > STOP_BOUND {
-        x.outcome = Some(Some(Ended::new(
-            proto::Outcome::Canceled,
-            format!(
-                "stop requested; the catalog had not ended execution {} within {}s, so the package may still be running",
-                t.ident.execution_id,
-                STOP_BOUND.as_secs()
-            ),
-        )));
-        return;
-    }
-    if x.stop_sent.is_some_and(|s| s.elapsed() < STOP_REPEAT) {
-        return;
-    }
-    x.stop_sent = Some(Instant::now());
-    let note = match poll::stop(conn, t.ident.execution_id).await {
-        Ok(r) => match (r.error_number, r.rc) {
-            (None, Some(0) | None) => Some("stop requested from the SSIS catalog (catalog.stop_operation)".to_string()),
-            (Some(27124 | 27125), _) if matches!(r.status, Some(1 | 5) | None) || r.error_number == Some(27125) => {
-                // Still pending: the catalog cannot stop it yet; keep the request.
-                (!x.stop_noted).then(|| {
-                    x.stop_noted = true;
-                    format!("stop requested while the catalog execution is still pending (status {}); the catalog refuses to stop it until it runs, so the request is repeated until it runs or ends", r.status.unwrap_or(5))
-                })
-            }
-            (Some(27126), _) => {
-                x.stop_sent = Some(Instant::now() + STOP_BOUND);
-                Some("the catalog execution is already stopping".to_string())
-            }
-            (Some(27124), _) => {
-                x.stop_sent = Some(Instant::now() + STOP_BOUND);
-                Some("stop requested, but the catalog says the execution is no longer running".to_string())
-            }
-            (Some(27123), _) => Some("stop refused: the catalog refuses SQL Server logins (27123); the sidecar needs Windows authentication to stop packages".to_string()),
-            (Some(n), _) => Some(format!("stop request failed (error {n}): {}", r.error_message.unwrap_or_default())),
-            (None, rc) => Some(format!("stop request failed (catalog.stop_operation returned {rc:?})")),
-        },
-        Err(SqlError::Connection(e)) => {
-            x.stop_sent = None;
-            Some(format!("stop request not delivered ({e}); retrying"))
-        }
-        Err(e) => Some(format!("stop request failed: {e}")),
-    };
-    if let Some(note) = note {
-        x.f.sink.log(step_id, LogStream::Catalog, note).await;
-    }
-}
-
-/// The followers of a process, one per server (created on first use).
+/// The catalog pollers of a process, one per server (created on first use); the catalog
+/// backend and the SQL Server Agent backend's SSIS steps share one (`server::backends`).
 #[derive(Default)]
 pub struct Followers {
     by_server: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
 }
 
 impl Followers {
-    /// The process's followers, shared by the catalog backend and the SQL Server Agent
-    /// backend's SSIS steps (one poller per server whoever asks).
-    pub fn shared() -> std::sync::Arc<Self> {
-        static SHARED: std::sync::OnceLock<std::sync::Arc<Followers>> = std::sync::OnceLock::new();
-        SHARED.get_or_init(Default::default).clone()
-    }
-
     pub fn send(&self, settings: &Settings, interval: Duration, msg: Msg) {
         let mut map = self.by_server.lock().expect("followers lock");
         let tx = map

@@ -6,9 +6,10 @@
 //! * `command_line` — an Agent SSIS step's `/ISSERVER` command.
 //! * `correlate` — which catalog execution an Agent step created (pure).
 //! * `tracker` — per-execution state machine turning catalog rows into events (pure).
-//! * `follower` — the one catalog poller per server (one `ssis_poll` per tick for all).
+//! * `follower` — the one catalog poller per server (one `ssis_poll` per tick for all),
+//!   with `poll` (its round trips) and `stop` (a catalog job's stop request).
 //! * `agent_step` — the hook the SQL Server Agent follower calls for SSIS steps.
-//! * `backend` — `CatalogBackend`: `[[catalog_job]]`s, started through `ledger`.
+//! * `backend` — `CatalogBackend`: `[[catalog_job]]`s, started (`start`) through `ledger`.
 //! * `config`, `check` — the config section and `sidecar check` items.
 pub mod agent_step;
 mod backend;
@@ -21,6 +22,8 @@ mod ledger;
 mod poll;
 pub mod queries;
 mod rows;
+mod start;
+mod stop;
 mod tracker;
 
 pub use backend::CatalogBackend;

@@ -308,7 +308,9 @@ fn data_flow_rows_are_running_totals() {
         data: &[d(1, 100), d(2, 50)],
         ..Default::default()
     });
-    assert!(matches!(kinds(&out)[..], [Kind::CatalogExecution(_), Kind::DataFlowRows(r)] if r.rows == 150));
+    assert!(
+        matches!(kinds(&out)[..], [Kind::CatalogExecution(_), Kind::DataFlowRows(r)] if r.rows == 150)
+    );
     let out = t.observe(&Observation {
         status: Some(&st),
         polled_at_ms: T0 + 1,
