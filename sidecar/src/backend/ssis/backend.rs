@@ -303,7 +303,11 @@ impl Backend for CatalogBackend {
 
     fn loggable_params(&self, job: &str) -> Vec<String> {
         self.job(job).map_or_else(Vec::new, |j| {
-            j.params.iter().map(|p| p.name.clone()).collect()
+            j.params
+                .iter()
+                .filter(|p| !p.sensitive)
+                .map(|p| p.name.clone())
+                .collect()
         })
     }
 
@@ -369,5 +373,26 @@ impl Backend for CatalogBackend {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_parameters_never_reach_the_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn: SqlAgentConfig = toml::from_str(
+            "server = \"tcp:127.0.0.1,1\"\nauth = \"windows\"\nuser = 'CONTOSO\\etl'\npassword_env = \"PATH\"\n",
+        )
+        .unwrap();
+        let job: CatalogJobConfig = toml::from_str(
+            "name=\"J\"\nfolder=\"F\"\nproject=\"P\"\npackage=\"x\"\nparams=[{name=\"Region\"}, {name=\"CM.Src.Password\", sensitive=true}]\n",
+        )
+        .unwrap();
+        let b = CatalogBackend::new(vec![job], &conn, dir.path(), Arc::default()).unwrap();
+        assert_eq!(b.loggable_params("J"), ["Region"]);
+        assert_eq!(b.kind(), "ssis");
     }
 }

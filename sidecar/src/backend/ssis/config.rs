@@ -17,7 +17,8 @@
 //! logging_level = "basic"          # none | basic | performance | verbose | 0-4
 //! environment_reference = 3        # optional
 //! params = [{ name = "Region", type = "String" },
-//!           { name = "BatchSize", type = "Int32", object_type = "package" }]
+//!           { name = "BatchSize", type = "Int32", object_type = "package" },
+//!           { name = "CM.Source.Password", sensitive = true }]
 //! ```
 use serde::Deserialize;
 
@@ -57,6 +58,9 @@ pub struct CatalogParam {
     /// "project" (default) or "package".
     #[serde(default = "default_object_type")]
     pub object_type: String,
+    /// A sensitive parameter (a password): its value is never written to the audit log.
+    #[serde(default)]
+    pub sensitive: bool,
 }
 
 fn default_type() -> String {
@@ -289,6 +293,7 @@ mod tests {
     #[test]
     fn parses_a_catalog_job() {
         let j = job(JOB);
+        assert!(!j.params[0].sensitive);
         assert_eq!(j.package_file(), "Pkg.dtsx");
         assert_eq!(j.logging_level.unwrap().value(), 3);
         assert_eq!(j.param("N").unwrap().object_type_code(), 30);
@@ -345,6 +350,7 @@ mod tests {
             name: "x".into(),
             data_type: t.into(),
             object_type: "project".into(),
+            sensitive: false,
         };
         assert!(p("Int32").check_value("42").is_ok());
         assert!(p("Int32").check_value("4.2").is_err());
