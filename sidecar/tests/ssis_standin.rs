@@ -822,50 +822,63 @@ async fn check_says_what_the_login_sees_in_ssisdb() {
 #[tokio::test]
 async fn a_restart_during_an_agent_ssis_step_resumes_its_catalog_follow() {
     let s = standin().await;
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    let first = agent_backend(&s, dir.path()).await;
-    let run = start(&first, &journal, "i1", "SSIS Long", &[], false)
-        .await
-        .unwrap();
-    until_journaled(
-        &journal,
-        "i1",
-        "the first task's messages",
-        |k| matches!(k, Kind::Logs(l) if l.lines.iter().any(|l| l.line == "first two")),
-    )
-    .await;
-    run.writer.abort();
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let second = agent_backend(&s, dir.path()).await;
-    let all = finished(
-        &journal,
-        start(&second, &journal, "i1", "SSIS Long", &[], true)
+    // Crash once the step's first catalog messages are journaled, and once as soon as the
+    // step's start is.
+    for (n, early) in [false, true].into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let id = format!("i{n}");
+        let first = agent_backend(&s, dir.path()).await;
+        let run = start(&first, &journal, &id, "SSIS Long", &[], false)
             .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(outcome(&all), proto::Outcome::Succeeded, "{all:?}");
-    let lines = catalog_lines(&all);
-    assert_unique_ids(&lines);
-    let mut texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
-    texts.sort_unstable();
-    assert_eq!(
-        texts,
-        [
-            "first one",
-            "first two",
-            "last one",
-            "last two",
-            "middle one"
-        ]
-    );
-    let subs: Vec<String> = finished_sub_steps(&all)
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    assert_eq!(subs, ["First", "Middle", "Last"]);
-    assert_eq!(statuses(&all).last(), Some(&7), "{all:?}");
+            .unwrap();
+        if early {
+            until_journaled(&journal, &id, "the step's start", |k| {
+                matches!(k, Kind::StepStarted(_))
+            })
+            .await;
+        } else {
+            until_journaled(
+                &journal,
+                &id,
+                "the first task's messages",
+                |k| matches!(k, Kind::Logs(l) if l.lines.iter().any(|l| l.line == "first two")),
+            )
+            .await;
+        }
+        run.writer.abort();
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let second = agent_backend(&s, dir.path()).await;
+        let all = finished(
+            &journal,
+            start(&second, &journal, &id, "SSIS Long", &[], true)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(outcome(&all), proto::Outcome::Succeeded, "{all:?}");
+        let lines = catalog_lines(&all);
+        assert_unique_ids(&lines);
+        let mut texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+        texts.sort_unstable();
+        assert_eq!(
+            texts,
+            [
+                "first one",
+                "first two",
+                "last one",
+                "last two",
+                "middle one"
+            ],
+            "early crash: {early}"
+        );
+        let subs: Vec<String> = finished_sub_steps(&all)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(subs, ["First", "Middle", "Last"]);
+        assert_eq!(statuses(&all).last(), Some(&7), "{all:?}");
+    }
 }

@@ -373,6 +373,7 @@ impl SqlAgentBackend {
         let ssis = AgentSteps::new(
             self.catalog.clone(),
             ctx.resume.map(|r| r.catalog).unwrap_or_default(),
+            entry.created_ms,
         );
         let _ = self.follow.send(Follow {
             execution_id: ctx.execution_id,

@@ -238,9 +238,8 @@ async fn run(deps: Deps, mut rx: mpsc::UnboundedReceiver<Follow>) {
 fn add(followed: &mut HashMap<String, Followed>, mut f: Follow, wake: &Arc<Notify>) {
     // Resumed while an SSIS step ran: follow its catalog execution again.
     if let Some(step) = f.tracker.open_step() {
-        let created = f.tracker.created_ms;
         f.ssis
-            .resume_open_step(&f.execution_id, &f.tracker.job, step, created, &f.sink);
+            .resume_open_step(&f.execution_id, &f.tracker.job, step, &f.sink);
     }
     let done = CancellationToken::new();
     let (stop, d, w) = (f.stop.clone(), done.clone(), wake.clone());

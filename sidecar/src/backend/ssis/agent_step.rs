@@ -41,11 +41,18 @@ pub struct AgentSteps {
     handed: HashSet<(u32, u32)>,
     active: Vec<Done>,
     held: Option<(Vec<Out>, Instant)>,
+    /// When the job's start was requested (Unix ms): the earliest a step of it began.
+    requested_ms: i64,
 }
 
 impl AgentSteps {
-    pub fn new(access: CatalogAccess, resume: BTreeMap<u32, CatalogResume>) -> Self {
+    pub fn new(
+        access: CatalogAccess,
+        resume: BTreeMap<u32, CatalogResume>,
+        requested_ms: i64,
+    ) -> Self {
         Self {
+            requested_ms,
             access,
             resume,
             handed: HashSet::new(),
@@ -54,16 +61,18 @@ impl AgentSteps {
         }
     }
 
-    /// A resumed execution whose journal says `step` (attempt) is running.
+    /// A resumed execution whose journal says `step` (attempt) is running. Its start time
+    /// is not journaled: an execution not yet named in the journal is looked for from the
+    /// job's start request on.
     pub fn resume_open_step(
         &mut self,
         execution_id: &str,
         job: &JobDef,
         step: (i32, u32),
-        started_ms: i64,
         sink: &EventSink,
     ) {
-        self.hand_over(execution_id, job, step, started_ms, sink);
+        let since = self.requested_ms;
+        self.hand_over(execution_id, job, step, since, sink);
     }
 
     /// Looks at a tick's output before it is delivered: hands SSIS steps over as they
