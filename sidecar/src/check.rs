@@ -95,6 +95,25 @@ pub async fn checks(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Vec<
             detail: c.detail,
         }));
     }
+    // What the login sees in SSISDB: for Agent SSIS steps' progress and for catalog jobs.
+    let catalog_jobs = !config.catalog_jobs.is_empty();
+    let (conn, section) = match (&config.ssis, &config.sqlagent) {
+        (Some(c), _) => (Some(c), "ssis"),
+        (None, Some(c)) => (Some(c), "sqlagent"),
+        (None, None) => (None, ""),
+    };
+    if let Some(conn) = conn {
+        let found = crate::backend::ssis::check::check(conn, section, catalog_jobs).await;
+        items.extend(found.into_iter().map(|c| Item {
+            name: c.name,
+            status: match c.status {
+                sqlagent::CheckStatus::Ok => Status::Ok,
+                sqlagent::CheckStatus::Warn => Status::Warn,
+                sqlagent::CheckStatus::Fail => Status::Fail,
+            },
+            detail: c.detail,
+        }));
+    }
     items
 }
 

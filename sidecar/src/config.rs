@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::backend::command::JobConfig;
 use crate::backend::sqlagent::SqlAgentConfig;
+use crate::backend::ssis::CatalogJobConfig;
 
 mod validate;
 pub use validate::{Problem, unix_socket_path};
@@ -47,7 +48,12 @@ pub struct SidecarConfig {
     pub tls: Option<TlsConfig>,
     pub telemetry: TelemetryConfig,
     pub sqlagent: Option<SqlAgentConfig>,
+    /// `[ssis]`: the connection of catalog jobs (same keys as `[sqlagent]`; without it,
+    /// catalog jobs use `[sqlagent]`'s).
+    pub ssis: Option<SqlAgentConfig>,
     pub jobs: Vec<JobConfig>,
+    /// `[[catalog_job]]`: packages deployed to the SSIS catalog.
+    pub catalog_jobs: Vec<CatalogJobConfig>,
     pub log_format: LogFormat,
     /// How command jobs' supervisor processes are started: not a file setting; by default
     /// the running binary's hidden `supervise` entry (a program embedding the sidecar, such
@@ -106,8 +112,11 @@ struct FileConfig {
     #[serde(default)]
     telemetry: TelemetryConfig,
     sqlagent: Option<SqlAgentConfig>,
+    ssis: Option<SqlAgentConfig>,
     #[serde(rename = "job", default)]
     jobs: Vec<JobConfig>,
+    #[serde(rename = "catalog_job", default)]
+    catalog_jobs: Vec<CatalogJobConfig>,
 }
 
 /// Settings given on the command line (each overrides its environment twin).
@@ -273,10 +282,14 @@ pub fn from_text(
         crl: t.crl.map(|p| resolve(&base, &p)),
         revoked: t.revoked,
     });
-    let sqlagent = file.sqlagent.map(|mut s| {
-        s.password_file = s.password_file.map(|p| resolve(&base, &p));
-        s
-    });
+    let connection = |s: Option<SqlAgentConfig>| {
+        s.map(|mut s| {
+            s.password_file = s.password_file.map(|p| resolve(&base, &p));
+            s
+        })
+    };
+    let sqlagent = connection(file.sqlagent);
+    let ssis = connection(file.ssis);
 
     let config = SidecarConfig {
         source: path.to_owned(),
@@ -289,7 +302,9 @@ pub fn from_text(
         tls,
         telemetry: file.telemetry,
         sqlagent,
+        ssis,
         jobs,
+        catalog_jobs: file.catalog_jobs,
         log_format: log_format(flags, env)?,
         supervisor: crate::supervisor::SupervisorCommand::this_program(),
     };

@@ -116,9 +116,11 @@ pub async fn bind(config: &SidecarConfig) -> Result<Bound, ServeError> {
 }
 
 /// The backends the config asks for: command jobs when there are any, SQL Server Agent
-/// when `[sqlagent]` is present.
+/// when `[sqlagent]` is present, SSIS catalog jobs when there are any.
 pub async fn backends(config: &SidecarConfig) -> Result<Vec<Arc<dyn Backend>>, ServeError> {
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    // One catalog poller per server, for catalog jobs and Agent SSIS steps alike.
+    let followers: Arc<crate::backend::ssis::follower::Followers> = Arc::default();
     if !config.jobs.is_empty() {
         backends.push(Arc::new(crate::backend::command::CommandBackend::new(
             config.jobs.clone(),
@@ -126,12 +128,39 @@ pub async fn backends(config: &SidecarConfig) -> Result<Vec<Arc<dyn Backend>>, S
         )));
     }
     if let Some(sql) = &config.sqlagent {
-        let backend = crate::backend::sqlagent::SqlAgentBackend::connect(sql, &config.state_dir)
-            .await
-            .map_err(|source| ServeError::Backend {
-                backend: "sqlagent",
-                source,
-            })?;
+        let backend = crate::backend::sqlagent::SqlAgentBackend::connect_with(
+            sql,
+            &config.state_dir,
+            followers.clone(),
+        )
+        .await
+        .map_err(|source| ServeError::Backend {
+            backend: "sqlagent",
+            source,
+        })?;
+        backends.push(Arc::new(backend));
+    }
+    if !config.catalog_jobs.is_empty() {
+        let conn = crate::backend::ssis::config::connection(
+            config.ssis.as_ref(),
+            config.sqlagent.as_ref(),
+        )
+        .ok_or_else(|| ServeError::Backend {
+            backend: "ssis",
+            source: crate::backend::BackendError::InvalidArgument(
+                "catalog jobs need an [ssis] or [sqlagent] connection".into(),
+            ),
+        })?;
+        let backend = crate::backend::ssis::CatalogBackend::new(
+            config.catalog_jobs.clone(),
+            conn,
+            &config.state_dir,
+            followers,
+        )
+        .map_err(|source| ServeError::Backend {
+            backend: "ssis",
+            source,
+        })?;
         backends.push(Arc::new(backend));
     }
     Ok(backends)

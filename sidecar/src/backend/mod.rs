@@ -1,7 +1,8 @@
-//! The Backend interface: what the sidecar can start. Two backends exist:
-//! `command` (programs from the sidecar's config) and `sqlagent` (SQL Server Agent jobs
-//! through tiberius). The execution registry owns idempotency, slots, the journal and
-//! stop requests; a backend only lists jobs, starts one, and reports through its sink.
+//! The Backend interface: what the sidecar can start. Three backends exist:
+//! `command` (programs from the sidecar's config), `sqlagent` (SQL Server Agent jobs
+//! through tiberius) and `ssis` (packages deployed to the SSIS catalog). The execution
+//! registry owns idempotency, slots, the journal and stop requests; a backend only lists
+//! jobs, starts one, and reports through its sink.
 //!
 //! Two ways for an execution to outlive a sidecar restart:
 //! - supervised (`supervised_job` is `Some`): the execution runs in a supervisor process
@@ -94,6 +95,9 @@ pub struct ResumeState {
     pub attempts: BTreeMap<u32, u32>,
     /// The last StepFinished: step_id, status (proto `StepStatus`), end (Unix ms).
     pub last_finished: Option<(u32, i32, i64)>,
+    /// SSIS catalog executions the journal shows, by step: what of each was shown (so a
+    /// resumed follow neither repeats nor skips a catalog message).
+    pub catalog: BTreeMap<u32, ssis::CatalogResume>,
 }
 
 impl ResumeState {
@@ -118,7 +122,52 @@ impl ResumeState {
             Kind::Logs(l) => {
                 for line in &l.lines {
                     self.last_history_id = self.last_history_id.max(line.sql_instance_id);
+                    if line.catalog_message_id != 0 {
+                        self.catalog
+                            .entry(line.step_id)
+                            .or_default()
+                            .message_ids
+                            .insert(line.catalog_message_id);
+                    }
                 }
+            }
+            Kind::CatalogExecution(c) => {
+                let r = self.catalog.entry(c.step_id).or_default();
+                // Another execution for the step (a retried Agent step): start afresh. (The
+                // first tick's messages are journaled before the status that names the
+                // execution: they belong to it.)
+                if r.ident.execution_id != 0 && r.ident.execution_id != c.catalog_execution_id {
+                    *r = ssis::CatalogResume::default();
+                }
+                r.ident = ssis::CatalogIdent {
+                    execution_id: c.catalog_execution_id,
+                    server: c.server.clone(),
+                    folder: c.folder.clone(),
+                    project: c.project.clone(),
+                    package: c.package.clone(),
+                };
+                r.status = c.status;
+            }
+            Kind::SubStepStarted(s) => {
+                self.catalog
+                    .entry(s.step_id)
+                    .or_default()
+                    .started_paths
+                    .insert(s.path.clone());
+            }
+            Kind::SubStepFinished(s) => {
+                self.catalog
+                    .entry(s.step_id)
+                    .or_default()
+                    .finished_paths
+                    .insert(s.path.clone());
+            }
+            Kind::DataFlowRows(d) => {
+                self.catalog
+                    .entry(d.step_id)
+                    .or_default()
+                    .rows
+                    .insert((d.path.clone(), d.data_flow_path.clone()), d.rows);
             }
             _ => {}
         }

@@ -263,3 +263,25 @@ fn revocation_settings_resolve_and_empty_entries_are_refused() {
     ));
     assert!(err.contains("sidecar.toml:11: `tls.revoked`"), "{err}");
 }
+
+#[test]
+fn a_catalog_job_over_a_sql_login_is_refused_at_load_with_what_to_do() {
+    let text = format!(
+        "{GOOD}\n[sqlagent]\nserver = \"tcp:sql1,1433\"\nauth = \"sql\"\nuser = \"agentfleet\"\npassword_env = \"PW\"\n\n[[catalog_job]]\nname = \"SSIS - Load\"\nfolder = \"ETL\"\nproject = \"Warehouse\"\npackage = \"Load.dtsx\"\n"
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    let auth_line = text.lines().position(|l| l.starts_with("auth = ")).unwrap() + 1;
+    assert!(
+        e.contains(&format!("sidecar.toml:{auth_line}"))
+            && e.contains("27123")
+            && e.contains("[ssis]"),
+        "{e}"
+    );
+    // An [ssis] section with Windows authentication makes it valid; [sqlagent] keeps its login.
+    let ok = format!(
+        "{text}\n[ssis]\nserver = \"tcp:sql1,1433\"\nauth = \"windows\"\nuser = 'CONTOSO\\etl'\npassword_env = \"PW\"\n"
+    );
+    let c = parse(&ok).unwrap();
+    assert_eq!(c.catalog_jobs.len(), 1);
+    assert_eq!(c.ssis.unwrap().auth, "windows");
+}

@@ -74,6 +74,15 @@ pub(crate) struct Spans {
     tls: Option<TlsSpans>,
     #[serde(default)]
     job: Vec<JobSpans>,
+    sqlagent: Option<ConnectionSpans>,
+    ssis: Option<ConnectionSpans>,
+    #[serde(default)]
+    catalog_job: Vec<JobSpans>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConnectionSpans {
+    auth: At,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -248,6 +257,23 @@ pub(crate) fn validate(
         );
     }
     validate_jobs(config, spans, &mut r);
+    for (key, message) in crate::backend::ssis::config::problems(
+        &config.catalog_jobs,
+        config.ssis.as_ref(),
+        config.sqlagent.as_ref(),
+    ) {
+        let at = if key.ends_with(".auth") {
+            let section = if key.starts_with("ssis") {
+                &spans.ssis
+            } else {
+                &spans.sqlagent
+            };
+            section.as_ref().and_then(|s| s.auth.clone())
+        } else {
+            spans.catalog_job.first().and_then(|j| j.name.clone())
+        };
+        r.at(&at, key, message);
+    }
     r.problems
 }
 

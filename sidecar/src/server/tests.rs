@@ -109,6 +109,8 @@ fn config(dir: &Path, tls: Option<TlsConfig>) -> SidecarConfig {
         tls,
         telemetry: Default::default(),
         sqlagent: None,
+        ssis: None,
+        catalog_jobs: Vec::new(),
         jobs: Vec::new(),
         log_format: Default::default(),
         supervisor: Default::default(),

@@ -29,6 +29,8 @@ use super::poll::poll;
 use super::queries;
 use super::rows::{self, JobDef, ProcResult};
 use super::tracker::Tracker;
+use crate::backend::ssis::agent_step::{AgentSteps, CatalogAccess};
+use crate::backend::ssis::follower::Followers;
 use crate::backend::{Backend, BackendError, ExecutionContext};
 
 /// How long to look for a run whose start reply was lost before starting again.
@@ -42,6 +44,8 @@ const TIME_FMT: &str = "%Y-%m-%d %H:%M:%S";
 
 pub struct SqlAgentBackend {
     filter: JobFilter,
+    /// Where the catalog executions of SSIS steps are read.
+    catalog: CatalogAccess,
     control: Arc<tokio::sync::Mutex<Conn>>,
     ledger: Ledger,
     busy: Busy,
@@ -56,6 +60,16 @@ impl SqlAgentBackend {
     /// Reads the config (password included) and spawns the poller. An unreachable server is
     /// not an error here: connections are (re)opened on use.
     pub async fn connect(cfg: &SqlAgentConfig, state_dir: &Path) -> Result<Self, BackendError> {
+        Self::connect_with(cfg, state_dir, Arc::default()).await
+    }
+
+    /// `connect`, with the catalog pollers that follow SSIS steps' executions shared with
+    /// the catalog backend (one poller per server).
+    pub async fn connect_with(
+        cfg: &SqlAgentConfig,
+        state_dir: &Path,
+        followers: Arc<Followers>,
+    ) -> Result<Self, BackendError> {
         let settings = Settings::from_config(cfg).map_err(BackendError::InvalidArgument)?;
         let filter = JobFilter::new(&cfg.allow_jobs).map_err(BackendError::InvalidArgument)?;
         let ledger = Ledger::open(state_dir).map_err(|e| {
@@ -77,7 +91,13 @@ impl SqlAgentBackend {
             base_interval: cfg.poll_interval.unwrap_or(Duration::from_secs(1)),
             busy: busy.clone(),
         });
+        let catalog = CatalogAccess {
+            followers,
+            settings: settings.clone().with_database("SSISDB"),
+            interval: cfg.poll_interval.unwrap_or(Duration::from_secs(1)),
+        };
         let me = Self {
+            catalog,
             filter,
             control,
             ledger,
@@ -350,11 +370,17 @@ impl SqlAgentBackend {
             .lock()
             .expect("busy lock")
             .insert(tracker.job.job_id);
+        let ssis = AgentSteps::new(
+            self.catalog.clone(),
+            ctx.resume.map(|r| r.catalog).unwrap_or_default(),
+            entry.created_ms,
+        );
         let _ = self.follow.send(Follow {
             execution_id: ctx.execution_id,
             tracker,
             sink: ctx.events,
             stop: ctx.stop,
+            ssis,
         });
     }
 

@@ -32,6 +32,7 @@ impl std::fmt::Debug for Secret {
 /// Everything needed to open a connection (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct Settings {
+    database: String,
     host: String,
     port: u16,
     encrypt: bool,
@@ -42,6 +43,12 @@ pub struct Settings {
 #[derive(Clone, Debug)]
 enum Auth {
     Sql {
+        user: String,
+        password: Secret,
+    },
+    /// A Windows account by name and password: NTLM (tiberius's `winauth` on Windows,
+    /// `sspi-rs` on Unix). What SSISDB needs from a sidecar on Linux.
+    Windows {
         user: String,
         password: Secret,
     },
@@ -65,16 +72,28 @@ impl Settings {
                     password: read_password(cfg)?,
                 }
             }
-            #[cfg(windows)]
-            "windows" => Auth::Integrated,
-            #[cfg(not(windows))]
-            "windows" => {
-                return Err(
-                    "[sqlagent] auth = \"windows\" (integrated) is only available when the \
-                            sidecar runs on Windows; use auth = \"sql\""
-                        .into(),
-                );
-            }
+            "windows" => match cfg.user.clone().filter(|u| !u.is_empty()) {
+                Some(user) if user.contains('\\') || user.contains('@') => Auth::Windows {
+                    user,
+                    password: read_password(cfg)?,
+                },
+                Some(user) => {
+                    return Err(format!(
+                        "auth = \"windows\" with user = \"{user}\": write the account as 'DOMAIN\\name' (or name@domain)"
+                    ));
+                }
+                #[cfg(windows)]
+                None => Auth::Integrated,
+                #[cfg(not(windows))]
+                None => {
+                    return Err(
+                        "auth = \"windows\" without `user` (integrated) is only available when \
+                         the sidecar runs on Windows; on Linux give user = 'DOMAIN\\name' and \
+                         password_env or password_file (NTLM)"
+                            .into(),
+                    );
+                }
+            },
             other => {
                 return Err(format!(
                     "[sqlagent] auth = \"{other}\": use \"sql\" or \"windows\""
@@ -82,6 +101,7 @@ impl Settings {
             }
         };
         Ok(Self {
+            database: "msdb".into(),
             host,
             port,
             encrypt: cfg.encrypt,
@@ -94,11 +114,43 @@ impl Settings {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// "windows" or "sql": SSISDB's writing procedures refuse SQL logins (27123).
+    pub fn auth_kind(&self) -> &'static str {
+        match self.auth {
+            Auth::Sql { .. } => "sql",
+            _ => "windows",
+        }
+    }
+
+    /// The same login, logging in to another database (SSISDB for the catalog).
+    pub fn with_database(mut self, database: &str) -> Self {
+        self.database = database.into();
+        self
+    }
+
+    /// The same login on another instance (an Agent SSIS step's `/SERVER`).
+    pub fn on_server(&self, server: &str) -> Result<Self, String> {
+        let (host, port) = parse_server(server)?;
+        Ok(Self {
+            host,
+            port,
+            ..self.clone()
+        })
+    }
+
+    /// Whether `server` (as an Agent step's `/SERVER` names it) is this one.
+    pub fn is_server(&self, server: &str) -> bool {
+        match parse_server(server) {
+            Ok((h, p)) => h.eq_ignore_ascii_case(&self.host) && p == self.port,
+            Err(_) => false,
+        }
+    }
+
     fn tiberius_config(&self) -> Config {
         let mut c = Config::new();
         c.host(&self.host);
         c.port(self.port);
-        c.database("msdb");
+        c.database(&self.database);
         c.application_name(APP_NAME);
         c.encryption(if self.encrypt {
             EncryptionLevel::Required
@@ -112,6 +164,9 @@ impl Settings {
         match &self.auth {
             Auth::Sql { user, password } => {
                 c.authentication(AuthMethod::sql_server(user, password.expose()))
+            }
+            Auth::Windows { user, password } => {
+                c.authentication(AuthMethod::windows(user, password.expose()))
             }
             #[cfg(windows)]
             Auth::Integrated => c.authentication(AuthMethod::Integrated),
@@ -192,7 +247,7 @@ fn read_password(cfg: &SqlAgentConfig) -> Result<Secret, String> {
             .map_err(|e| format!("[sqlagent] password_file `{}`: {e}", path.display()))?;
         return Ok(Secret(text.lines().next().unwrap_or_default().to_string()));
     }
-    Err("[sqlagent] auth = \"sql\" needs `password_env` or `password_file`".into())
+    Err("this login needs `password_env` or `password_file`".into())
 }
 
 /// A failed round trip, classified by what the caller can do about it.
@@ -294,6 +349,7 @@ mod tests {
         let s = Secret("hunter2".into());
         assert_eq!(format!("{s:?}"), "***");
         let settings = Settings {
+            database: "msdb".into(),
             host: "h".into(),
             port: 1,
             encrypt: true,

@@ -29,6 +29,7 @@ use super::poll::{next_interval, poll};
 use super::queries;
 use super::rows::ProcResult;
 use super::tracker::{LiveView, Observation, Out, Tracker};
+use crate::backend::ssis::agent_step::AgentSteps;
 use crate::events::{EventSink, SinkMsg};
 
 /// After a stop request, how long to wait for the Agent's outcome row.
@@ -49,6 +50,8 @@ pub struct Follow {
     pub tracker: Tracker,
     pub sink: EventSink,
     pub stop: CancellationToken,
+    /// The job's SSIS steps, whose catalog executions are followed too.
+    pub ssis: AgentSteps,
 }
 
 struct Followed {
@@ -137,7 +140,10 @@ async fn run(deps: Deps, mut rx: mpsc::UnboundedReceiver<Follow>) {
                         rows: r.rows.get(&job_id).map(Vec::as_slice).unwrap_or(&[]),
                         now_ms,
                     };
-                    let outs = x.f.tracker.observe(&obs);
+                    let mut outs = x.f.tracker.observe(&obs);
+                    let f = &mut x.f;
+                    f.ssis
+                        .on_outs(&f.execution_id, &f.tracker.job, &f.sink, &mut outs);
                     if x.f.tracker.changed {
                         last_change = Instant::now();
                     }
@@ -176,10 +182,18 @@ async fn run(deps: Deps, mut rx: mpsc::UnboundedReceiver<Follow>) {
         for x in followed.values_mut() {
             handle_stop(x, &deps.control).await;
         }
+        // A Finished held back for the SSIS steps' catalog logs, once they are in.
+        for x in followed.values_mut() {
+            if let Some(outs) = x.f.ssis.release() {
+                deliver(x, outs).await;
+            }
+        }
         // Retire finished executions.
         let done: Vec<String> = followed
             .iter()
-            .filter(|(_, x)| x.f.tracker.finished().is_some() || x.f.sink.is_closed())
+            .filter(|(_, x)| {
+                (x.f.tracker.finished().is_some() && !x.f.ssis.holding()) || x.f.sink.is_closed()
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for id in done {
@@ -221,7 +235,12 @@ async fn run(deps: Deps, mut rx: mpsc::UnboundedReceiver<Follow>) {
     }
 }
 
-fn add(followed: &mut HashMap<String, Followed>, f: Follow, wake: &Arc<Notify>) {
+fn add(followed: &mut HashMap<String, Followed>, mut f: Follow, wake: &Arc<Notify>) {
+    // Resumed while an SSIS step ran: follow its catalog execution again.
+    if let Some(step) = f.tracker.open_step() {
+        f.ssis
+            .resume_open_step(&f.execution_id, &f.tracker.job, step, &f.sink);
+    }
     let done = CancellationToken::new();
     let (stop, d, w) = (f.stop.clone(), done.clone(), wake.clone());
     tokio::spawn(async move {

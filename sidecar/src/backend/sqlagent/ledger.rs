@@ -105,17 +105,8 @@ impl Ledger {
 
     /// Writes durably: temp file, fsync, rename (a crash leaves the old or the new entry).
     pub fn put(&self, entry: &Entry) -> std::io::Result<()> {
-        let path = self.path(&entry.execution_id);
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        let bytes = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
+        write_durably(&self.dir, &self.path(&entry.execution_id), &bytes)
     }
 
     pub fn remove(&self, execution_id: &str) {
@@ -153,6 +144,21 @@ impl Ledger {
             }
         }
     }
+}
+
+/// Writes `path` (in `dir`) durably: temp file, fsync, rename, fsync of the directory,
+/// so a crash leaves the old or the new content (also the SSIS catalog ledger's way).
+pub fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// What reconciling a `Starting` entry found.

@@ -196,7 +196,9 @@ WHERE h.step_id = 0 AND h.run_status = 1
 /// Result set 1 — 0 rows (unknown or invisible to the login), 1 row, or >1 (duplicate names):
 /// columns exactly as `list_jobs` result set 1.
 ///
-/// Result set 2 — the steps of the matching job(s): columns exactly as `list_jobs` result set 2.
+/// Result set 2 — the steps of the matching job(s): columns as `list_jobs` result set 2, then
+/// 13. `command` nvarchar(max) NULL — the step's command (an SSIS step's `/ISSERVER` line
+///     names the catalog package to follow).
 ///
 /// Errors: 229.
 pub const RESOLVE_JOB: &str = "-- agentfleet:resolve_job
@@ -213,7 +215,7 @@ WHERE j.name = @name;
 SELECT st.job_id, st.step_id, st.step_name, st.subsystem,
        CAST(st.on_success_action AS int) AS on_success_action, st.on_success_step_id,
        CAST(st.on_fail_action AS int) AS on_fail_action, st.on_fail_step_id,
-       st.retry_attempts, st.retry_interval, st.output_file_name, st.flags
+       st.retry_attempts, st.retry_interval, st.output_file_name, st.flags, st.command
 FROM msdb.dbo.sysjobsteps AS st
 WHERE st.job_id IN (SELECT job_id FROM msdb.dbo.sysjobs_view WHERE name = @name)
 ORDER BY st.job_id, st.step_id;";

@@ -184,6 +184,8 @@ pub struct StepDef {
     pub retry_interval_min: i32,
     pub output_file_name: Option<String>,
     pub flags: i32,
+    /// `resolve_job` only (empty from `list_jobs`).
+    pub command: String,
 }
 
 impl StepDef {
@@ -202,6 +204,7 @@ impl StepDef {
                 retry_interval_min: int32(row, "retry_interval").unwrap_or(0),
                 output_file_name: string(row, "output_file_name").filter(|s| !s.trim().is_empty()),
                 flags: int32(row, "flags").unwrap_or(0),
+                command: string(row, "command").unwrap_or_default(),
             },
         ))
     }

@@ -233,7 +233,12 @@ fn list_jobs(agent: &Agent, conn: &ConnInfo, name: Option<Option<String>>) -> Re
     }
     let mut by_id = jobs.clone();
     by_id.sort_by_key(|j| guid_sort_key(&j.job_id));
-    let mut rs2 = ResultSet::new(step_columns());
+    // `resolve_job` also returns each step's command (an SSIS step's `/ISSERVER` line).
+    let mut columns = step_columns();
+    if name.is_some() {
+        columns.push(Column::new("command", SqlType::NVarCharMax));
+    }
+    let mut rs2 = ResultSet::new(columns);
     for j in &by_id {
         for st in &j.steps {
             rs2.rows.push(vec![
@@ -250,6 +255,12 @@ fn list_jobs(agent: &Agent, conn: &ConnInfo, name: Option<Option<String>>) -> Re
                 Value::opt_str(st.output_file.as_deref()),
                 int(st.flags),
             ]);
+            if name.is_some() {
+                rs2.rows
+                    .last_mut()
+                    .expect("just pushed")
+                    .push(Value::Str(st.command.clone()));
+            }
         }
     }
     let mut items = vec![Item::ResultSet(rs1), Item::ResultSet(rs2)];
