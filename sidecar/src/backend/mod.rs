@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::EventSink;
 
 pub mod command;
+pub(crate) mod ledger_dir;
 pub mod sqlagent;
 pub mod ssis;
 

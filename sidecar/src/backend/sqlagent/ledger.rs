@@ -2,11 +2,12 @@
 //! written *before* `sp_start_job` is called, so that a lost reply or a sidecar restart
 //! never leads to a second `sp_start_job` for the same execution: the backend reconciles
 //! (looks for the run in activity and history) first.
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::backend::ledger_dir::{LedgerDir, Lookup as LedgerLookup};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,40 +46,23 @@ pub struct Entry {
 }
 
 /// What the ledger knows of one execution.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    /// No entry: `sp_start_job` was never called for it (the entry is written first).
-    Absent,
-    /// An entry that cannot be read or decoded (the reason): the start is unknown.
-    Unreadable(String),
-    Found(Entry),
-}
+pub type Lookup = LedgerLookup<Entry>;
 
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    dir: PathBuf,
+    files: LedgerDir<Entry>,
 }
 
 impl Ledger {
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
-        let dir = state_dir.join("sqlagent").join("ledger");
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        Ok(Self {
+            files: LedgerDir::open(state_dir, "sqlagent")?,
+        })
     }
 
-    fn path(&self, execution_id: &str) -> PathBuf {
-        // Execution ids are validated by the registry (safe alphabet); be strict anyway.
-        let safe: String = execution_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("{safe}.json"))
+    #[cfg(test)]
+    fn path(&self, execution_id: &str) -> std::path::PathBuf {
+        self.files.path(execution_id)
     }
 
     pub fn get(&self, execution_id: &str) -> Option<Entry> {
@@ -91,74 +75,37 @@ impl Ledger {
     /// The entry of `execution_id`, telling a missing entry (`sp_start_job` was never
     /// called for it) from one that cannot be read (whether it was called is unknown).
     pub fn lookup(&self, execution_id: &str) -> Lookup {
-        let path = self.path(execution_id);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Absent,
-            Err(e) => return Lookup::Unreadable(format!("{}: {e}", path.display())),
-        };
-        match serde_json::from_str(&text) {
-            Ok(entry) => Lookup::Found(entry),
-            Err(e) => Lookup::Unreadable(format!("{}: {e}", path.display())),
-        }
+        self.files.lookup(execution_id)
     }
 
-    /// Writes durably: temp file, fsync, rename (a crash leaves the old or the new entry).
+    /// Writes durably (a crash leaves the old or the new entry).
     pub fn put(&self, entry: &Entry) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
-        write_durably(&self.dir, &self.path(&entry.execution_id), &bytes)
+        self.files.put(&entry.execution_id, entry)
     }
 
     pub fn remove(&self, execution_id: &str) {
-        let _ = std::fs::remove_file(self.path(execution_id));
+        self.files.remove(execution_id);
     }
 
     /// Entries not finished yet (to resume after a restart).
     pub fn unfinished(&self) -> Vec<Entry> {
-        let Ok(dir) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        dir.filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| {
-                serde_json::from_str::<Entry>(&std::fs::read_to_string(e.path()).ok()?).ok()
-            })
+        self.files
+            .entries()
+            .into_iter()
+            .map(|(_, e)| e)
             .filter(|e| e.state != State::Finished)
             .collect()
     }
 
     /// Drops finished entries older than `age` (they only answer repeated StartJob calls).
     pub fn prune(&self, age: Duration, now_ms: i64) {
-        let Ok(dir) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for e in dir.filter_map(|e| e.ok()) {
-            let Ok(text) = std::fs::read_to_string(e.path()) else {
-                continue;
-            };
-            if let Ok(entry) = serde_json::from_str::<Entry>(&text)
-                && entry.state == State::Finished
-                && now_ms - entry.created_ms > age.as_millis() as i64
+        for (path, entry) in self.files.entries() {
+            if entry.state == State::Finished && now_ms - entry.created_ms > age.as_millis() as i64
             {
-                let _ = std::fs::remove_file(e.path());
+                let _ = std::fs::remove_file(path);
             }
         }
     }
-}
-
-/// Writes `path` (in `dir`) durably: temp file, fsync, rename, fsync of the directory,
-/// so a crash leaves the old or the new content (also the SSIS catalog ledger's way).
-pub fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// What reconciling a `Starting` entry found.

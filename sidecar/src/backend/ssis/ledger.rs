@@ -2,11 +2,11 @@
 //! written *before* the start batch is sent (as `sqlagent::ledger`), with the caller token
 //! the batch stores as `CALLER_INFO`. After a lost answer or a restart, the token finds the
 //! execution the batch created (`ssis_find_by_token`), so a package is never started twice.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::sqlagent::ledger::write_durably;
+use crate::backend::ledger_dir::{LedgerDir, Lookup};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,49 +41,32 @@ pub fn token(execution_id: &str) -> String {
 
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    dir: PathBuf,
+    files: LedgerDir<Entry>,
 }
 
 impl Ledger {
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
-        let dir = state_dir.join("ssis").join("ledger");
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
-    }
-
-    fn path(&self, execution_id: &str) -> PathBuf {
-        let safe: String = execution_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("{safe}.json"))
+        Ok(Self {
+            files: LedgerDir::open(state_dir, "ssis")?,
+        })
     }
 
     /// `Err`: an entry exists but cannot be read (whether the package started is unknown).
     pub fn get(&self, execution_id: &str) -> Result<Option<Entry>, String> {
-        let path = self.path(execution_id);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+        match self.files.lookup(execution_id) {
+            Lookup::Absent => Ok(None),
+            Lookup::Found(entry) => Ok(Some(entry)),
+            Lookup::Unreadable(why) => Err(why),
         }
     }
 
+    /// Writes durably (a crash leaves the old or the new entry).
     pub fn put(&self, entry: &Entry) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?;
-        write_durably(&self.dir, &self.path(&entry.execution_id), &bytes)
+        self.files.put(&entry.execution_id, entry)
     }
 
     pub fn remove(&self, execution_id: &str) {
-        let _ = std::fs::remove_file(self.path(execution_id));
+        self.files.remove(execution_id);
     }
 }
 
