@@ -3,8 +3,9 @@
 //! package, and one real sidecar with `[sqlagent]` (a SQL login, enough to follow Agent
 //! steps into the catalog) and `[ssis]` (the Windows login catalog jobs need).
 //!
-//! Always the stand-in, also when `AGENTFLEET_TEST_MSSQL` names a real server: the docker
-//! image has no SSISDB and no deployed project to run (see docker/sql/init.sql).
+//! Always the stand-in, also when `AGENTFLEET_TEST_MSSQL` names a real server: SQL Server
+//! on Linux (the docker image) has no SSIS catalog, and there is no deployed project to
+//! run (see docker/sql/init.sql).
 pub mod package_checks;
 
 use std::ffi::OsStr;
