@@ -12,6 +12,12 @@
 -- The jobs mirror the stand-in jobs of tests/e2e/tests/sqlagent.rs (same names, steps and
 -- outcomes), so the end-to-end scenarios run against this server when AGENTFLEET_TEST_MSSQL
 -- is set.
+--
+-- No SSIS here: SQL Server on Linux (this image) does not support the SSIS catalog
+-- (SSISDB), and a project to deploy to one is an .ispac that only Visual Studio's SSIS
+-- tooling builds. SSIS catalog support (Agent SSIS steps, [[catalog_job]]s) is tested
+-- against the stand-in's simulated SSISDB instead: tests/e2e/tests/ssis.rs (on the
+-- stand-in even when AGENTFLEET_TEST_MSSQL is set) and sidecar/tests/ssis_standin.rs.
 
 SET NOCOUNT ON;
 GO

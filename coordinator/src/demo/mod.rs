@@ -185,7 +185,7 @@ pub async fn run(args: DemoArgs, interrupt: CancellationToken) -> Result<i32, Cl
     }
     // The run is in the central store: these work after the demo's sidecars are gone.
     let mut keep = String::from(
-        "\nThe run is kept in the central store. Look further:\n  coordinator runs\n  coordinator show last --timeline\n  coordinator logs last --task load-facts\n",
+        "\nThe run is kept in the central store. Look further:\n  coordinator runs\n  coordinator show last --timeline\n  coordinator logs last --task load-facts\n  coordinator show last   (the SSIS package of `store-sales`, task by task)\n",
     );
     if args.dir.is_some() {
         keep.push_str(&format!(

@@ -110,7 +110,14 @@ mod tests {
         let jobs: JobsFile = toml::from_str(STANDIN_JOBS).unwrap();
         assert!(jobs.logins.is_empty(), "no password is embedded");
         let names: Vec<&str> = jobs.jobs.iter().map(|j| j.name.as_str()).collect();
-        assert_eq!(names, ["DW - Load Sales Mart", "DW - Rebuild Indexes"]);
+        assert_eq!(
+            names,
+            [
+                "DW - Load Sales Mart",
+                "DW - Rebuild Indexes",
+                "DW - Import Store Sales"
+            ]
+        );
         let mart = &jobs.jobs[0];
         assert_eq!(mart.steps.len(), 3);
         assert!(
@@ -118,6 +125,46 @@ mod tests {
                 .iter()
                 .any(|s| s.retries > 0 && s.outcomes[0] == "fail")
         );
+    }
+
+    /// The package job's one step runs, at the Verbose level (the data flow's rows), a
+    /// package the simulated catalog has: a few tasks, one a data flow, a few seconds.
+    #[test]
+    fn the_package_job_runs_a_package_of_the_catalog() {
+        let jobs: JobsFile = toml::from_str(STANDIN_JOBS).unwrap();
+        let job = jobs
+            .jobs
+            .iter()
+            .find(|j| j.name == "DW - Import Store Sales")
+            .unwrap();
+        assert_eq!(job.steps.len(), 1);
+        let step = &job.steps[0];
+        assert_eq!(step.subsystem, "SSIS");
+        assert!(
+            step.command
+                .contains(r#"\SSISDB\DW\Sales ETL\Import Store Sales.dtsx"#)
+                && step.command.contains(r#"LOGGING_LEVEL(Int16)\"";3"#),
+            "{}",
+            step.command
+        );
+        let package = jobs
+            .ssis
+            .packages
+            .iter()
+            .find(|p| {
+                (p.folder.as_str(), p.project.as_str(), p.name.as_str())
+                    == ("DW", "Sales ETL", "Import Store Sales.dtsx")
+            })
+            .expect("the step's package is deployed");
+        assert!((2..=4).contains(&package.tasks.len()));
+        assert!(package.tasks.iter().any(|t| !t.rows.is_empty()));
+        assert!(package.tasks.iter().all(|t| t.result == "success"));
+        let ms: u64 = package
+            .tasks
+            .iter()
+            .map(|t| humantime::parse_duration(&t.duration).unwrap().as_millis() as u64)
+            .sum();
+        assert!((2_000..=6_000).contains(&ms), "{ms} ms");
     }
 
     #[tokio::test]

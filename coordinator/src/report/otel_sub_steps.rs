@@ -1,7 +1,11 @@
 //! Sub-step spans: one per task or container of a step's SSIS package, a child of the
 //! step's span (which the sidecar exports), with the sub-step's own start and duration
-//! from the catalog. A sub-step still open when its step (or, failing that, its task)
-//! ends is ended then, with status `unfinished`, so that no span is left out.
+//! from the catalog. A sub-step still open when its task ends is ended with status
+//! `unfinished` at its step's end (or, failing that, the task's), so that no span is left
+//! out. Not at the step's end itself: for an Agent SSIS step the sidecar reads msdb and the
+//! catalog separately, so the step's end may arrive before its package's last task ends.
+use std::collections::HashMap;
+
 use agentfleet_common::telemetry::{SpanRecord, ids};
 use opentelemetry::trace::SpanId;
 use opentelemetry::{Array, StringValue, Value};
@@ -20,6 +24,9 @@ struct Ended<'a> {
 #[derive(Default)]
 pub(super) struct SubStepSpans {
     packages: Packages,
+    /// When each step attempt (execution, step, attempt) ended, Unix ms: where its
+    /// package's sub-steps still open at the task's end are ended.
+    step_ends: HashMap<(String, u32, u32), i64>,
 }
 
 impl SubStepSpans {
@@ -49,25 +56,60 @@ impl SubStepSpans {
                 step,
                 step_attempt,
                 ..
-            } => self
-                .packages
-                .remove(&at.execution_id, *step, *step_attempt)
-                .map(|p| unfinished(run_id, &p, ev.ts_ms))
-                .unwrap_or_default(),
+            } => {
+                // Only steps that ran a package are remembered (until their task ends).
+                if self
+                    .packages
+                    .get(&at.execution_id, *step, *step_attempt)
+                    .is_some()
+                {
+                    let key = (at.execution_id.clone(), *step, *step_attempt);
+                    self.step_ends.insert(key, ev.ts_ms);
+                }
+                Vec::new()
+            }
             RunEventKind::TaskFinished {
                 execution_id: Some(id),
                 ..
-            } => self
-                .packages
-                .remove_execution(id)
-                .iter()
-                .flat_map(|p| unfinished(run_id, p, ev.ts_ms))
-                .collect(),
+            } => {
+                let packages = self.packages.remove_execution(id);
+                let spans = self.end_unfinished(run_id, &packages, ev.ts_ms);
+                self.step_ends
+                    .retain(|(execution, _, _), _| execution != id);
+                spans
+            }
+            // An interrupted run may end without its tasks' ends.
+            RunEventKind::RunFinished { .. } => {
+                let packages = std::mem::take(&mut self.packages).into_vec();
+                let spans = self.end_unfinished(run_id, &packages, ev.ts_ms);
+                self.step_ends.clear();
+                spans
+            }
             other => {
                 self.packages.apply(other);
                 Vec::new()
             }
         }
+    }
+}
+
+impl SubStepSpans {
+    /// Spans for the sub-steps of `packages` still running, each ended at its step's end
+    /// (`end_ms` when the step's end never came).
+    fn end_unfinished(
+        &self,
+        run_id: &str,
+        packages: &[StepPackage],
+        end_ms: i64,
+    ) -> Vec<SpanRecord> {
+        packages
+            .iter()
+            .flat_map(|p| {
+                let key = (p.execution_id.clone(), p.step, p.step_attempt);
+                let step_end = self.step_ends.get(&key).copied().unwrap_or(end_ms);
+                unfinished(run_id, p, step_end)
+            })
+            .collect()
     }
 }
 

@@ -173,3 +173,49 @@ fn a_sub_step_open_when_its_task_ends_is_ended_with_the_task() {
         agentfleet_common::telemetry::span::system_time(crate::report::ssis_sample::t0() + 3_300)
     );
 }
+
+#[test]
+fn a_sub_step_that_finishes_after_its_step_ended_gets_one_span_with_its_outcome() {
+    use crate::report::ssis_sample::{ssis_run, t0};
+    use agentfleet_common::telemetry::span::system_time;
+
+    // An Agent SSIS step: the sidecar reads msdb and the catalog separately, so the
+    // step's end can arrive before the last task's (and the catalog's final status).
+    let mut events = ssis_run();
+    let step_end = events
+        .iter()
+        .position(|e| matches!(e.kind, RunEventKind::StepFinished { .. }))
+        .unwrap();
+    let copy_end = events
+        .iter()
+        .position(|e| matches!(e.kind, RunEventKind::SubStepFinished(_)) && e.ts_ms == t0() + 3_000)
+        .unwrap();
+    let step_finished = events.remove(step_end);
+    events.insert(copy_end, step_finished);
+
+    let spans = collect(&events);
+    let copies: Vec<_> = spans
+        .iter()
+        .filter(|s| attr(s, "sub_step.name").as_deref() == Some("Copy rows"))
+        .collect();
+    assert_eq!(copies.len(), 1, "one span per package task: {copies:#?}");
+    assert_eq!(
+        attr(copies[0], "sub_step.status").as_deref(),
+        Some("failed")
+    );
+    assert_eq!(copies[0].end_time, system_time(t0() + 3_000));
+    assert_eq!(
+        attr(copies[0], "ssis.catalog_execution_id").as_deref(),
+        Some("12345")
+    );
+    // What never finished still ends with its step, not later with the task.
+    let check = spans
+        .iter()
+        .find(|s| attr(s, "sub_step.name").as_deref() == Some("Check"))
+        .unwrap();
+    assert_eq!(
+        attr(check, "sub_step.status").as_deref(),
+        Some("unfinished")
+    );
+    assert_eq!(check.end_time, system_time(t0() + 3_200));
+}

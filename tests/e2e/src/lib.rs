@@ -36,6 +36,7 @@ pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod sidecar;
+pub mod ssis;
 pub mod standin;
 pub mod tmpfs;
 pub mod wait;

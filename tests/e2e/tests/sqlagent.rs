@@ -396,7 +396,7 @@ fn the_demo_runs_agent_jobs_next_to_command_jobs() {
         "the stand-in is labelled as such: {out}"
     );
     let events = out.events();
-    for task in ["sales-mart", "rebuild-indexes"] {
+    for task in ["sales-mart", "rebuild-indexes", "store-sales"] {
         let last = events.final_task_finished(task);
         assert_eq!(last["status"], "succeeded", "{out}");
         assert_eq!(last["sidecar"], "demo-sql", "{out}");
@@ -407,4 +407,31 @@ fn the_demo_runs_agent_jobs_next_to_command_jobs() {
         .map(|(_, status)| status)
         .collect();
     assert_eq!(retried, ["retry", "succeeded"], "{out}");
+    // `store-sales` runs an SSIS package of the stand-in's catalog: its tasks are sub-steps.
+    let package_tasks: Vec<(&str, &str)> = events
+        .of_task("sub_step_finished", "store-sales")
+        .into_iter()
+        .map(|e| (str_of(e, "name"), str_of(e, "status")))
+        .collect();
+    assert_eq!(
+        package_tasks,
+        [
+            ("Truncate staging", "succeeded"),
+            ("Copy store sales", "succeeded"),
+            ("Merge into mart", "succeeded")
+        ],
+        "{out}"
+    );
+    let rows = events.of_task("data_flow_rows", "store-sales");
+    assert_eq!(
+        rows.last().map(|r| &r["rows"]),
+        Some(&48211.into()),
+        "{out}"
+    );
+    let catalog = events.of_task("catalog_execution", "store-sales");
+    assert_eq!(
+        catalog.last().map(|c| str_of(c, "status")),
+        Some("succeeded"),
+        "{out}"
+    );
 }

@@ -64,7 +64,7 @@ impl SqlAgentBackend {
     }
 
     /// `connect`, with the catalog pollers that follow SSIS steps' executions shared with
-    /// the catalog backend (one poller per server).
+    /// the catalog backend (one poller per server and login).
     pub async fn connect_with(
         cfg: &SqlAgentConfig,
         state_dir: &Path,

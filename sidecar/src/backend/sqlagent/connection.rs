@@ -114,6 +114,18 @@ impl Settings {
         format!("{}:{}", self.host, self.port)
     }
 
+    /// The server and the login on it: two logins on one server see (and may stop)
+    /// different catalog executions, so each gets a catalog poller of its own.
+    pub fn login_key(&self) -> String {
+        let login = match &self.auth {
+            Auth::Sql { user, .. } => format!("sql {user}"),
+            Auth::Windows { user, .. } => format!("windows {user}"),
+            #[cfg(windows)]
+            Auth::Integrated => "integrated".to_string(),
+        };
+        format!("{} as {login}", self.address())
+    }
+
     /// "windows" or "sql": SSISDB's writing procedures refuse SQL logins (27123).
     pub fn auth_kind(&self) -> &'static str {
         match self.auth {

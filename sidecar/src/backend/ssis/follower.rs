@@ -1,4 +1,4 @@
-//! The one catalog poller per server: one `ssis_poll` batch per tick for every followed
+//! The one catalog poller per server and login: one `ssis_poll` batch per tick for every followed
 //! catalog execution on it (direct catalog jobs and Agent SSIS steps alike), events to
 //! each execution's sink (one group per tick, journaled in one append), stop requests of
 //! direct jobs, and the correlation of Agent steps with their executions.
@@ -372,8 +372,10 @@ pub async fn deliver(sink: &EventSink, outs: Vec<Out>) {
     sink.group(group).await;
 }
 
-/// The catalog pollers of a process, one per server (created on first use); the catalog
-/// backend and the SQL Server Agent backend's SSIS steps share one (`server::backends`).
+/// The catalog pollers of a process, one per server and login (created on first use); the
+/// catalog backend and the SQL Server Agent backend's SSIS steps share one
+/// (`server::backends`) only when they log in alike: a poller reads what its login sees
+/// and stops executions as that login.
 #[derive(Default)]
 pub struct Followers {
     by_server: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
@@ -383,12 +385,12 @@ impl Followers {
     pub fn send(&self, settings: &Settings, interval: Duration, msg: Msg) {
         let mut map = self.by_server.lock().expect("followers lock");
         let tx = map
-            .entry(settings.address())
+            .entry(settings.login_key())
             .or_insert_with(|| spawn(settings.clone(), interval));
         if let Err(mpsc::error::SendError(msg)) = tx.send(msg) {
             let tx2 = spawn(settings.clone(), interval);
             let _ = tx2.send(msg);
-            map.insert(settings.address(), tx2);
+            map.insert(settings.login_key(), tx2);
         }
     }
 
@@ -401,5 +403,47 @@ impl Followers {
                 message: message.to_string(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::sqlagent::SqlAgentConfig;
+
+    fn settings(dir: &std::path::Path, auth: &str, user: &str) -> Settings {
+        let pw = dir.join(format!("{auth}-pw"));
+        std::fs::write(&pw, "pw\n").unwrap();
+        let cfg: SqlAgentConfig = toml::from_str(&format!(
+            "server = \"tcp:127.0.0.1,1\"\nauth = \"{auth}\"\nuser = '{user}'\npassword_file = {:?}\n",
+            pw.display().to_string()
+        ))
+        .unwrap();
+        Settings::from_config(&cfg).unwrap().with_database("SSISDB")
+    }
+
+    fn step_end() -> Msg {
+        Msg::StepEnded {
+            execution_id: "e".into(),
+            step_id: 1,
+            message: String::new(),
+        }
+    }
+
+    /// Agent steps are followed with the `[sqlagent]` login (which must see the Agent's
+    /// executions: ssis_logreader), catalog jobs with the `[ssis]` Windows login (which
+    /// sees only its own executions, and must stop them: SSISDB refuses SQL logins). On one
+    /// server they need a poller each: a shared one reads or stops with the wrong login.
+    #[tokio::test]
+    async fn each_login_on_a_server_gets_a_poller_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = settings(dir.path(), "sql", "agentfleet");
+        let windows = settings(dir.path(), "windows", "CONTOSO\\etl");
+        let followers = Followers::default();
+        let interval = Duration::from_secs(60);
+        followers.send(&windows, interval, step_end());
+        followers.send(&sql, interval, step_end());
+        followers.send(&sql, interval, step_end());
+        assert_eq!(followers.by_server.lock().unwrap().len(), 2);
     }
 }

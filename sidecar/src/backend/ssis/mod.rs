@@ -6,7 +6,7 @@
 //! * `command_line` — an Agent SSIS step's `/ISSERVER` command.
 //! * `correlate` — which catalog execution an Agent step created (pure).
 //! * `tracker` — per-execution state machine turning catalog rows into events (pure).
-//! * `follower` — the one catalog poller per server (one `ssis_poll` per tick for all),
+//! * `follower` — the one catalog poller per server and login (one `ssis_poll` per tick for all),
 //!   with `poll` (its round trips) and `stop` (a catalog job's stop request).
 //! * `agent_step` — the hook the SQL Server Agent follower calls for SSIS steps.
 //! * `backend` — `CatalogBackend`: `[[catalog_job]]`s, started (`start`) through `ledger`.

@@ -278,33 +278,9 @@ impl CatalogTracker {
         });
         self.messages.advance(settled_msgs, now);
 
-        for s in sorted(obs.stats, |s| s.id) {
-            if !self.stats.is_new(s.id) {
-                continue;
-            }
-            self.stats.seen.insert(s.id);
-            fresh = true;
-            if self.finished_paths.insert(s.path.clone()) {
-                out.push(Out::Event {
-                    ts_ms: s.end_ms.unwrap_or(now),
-                    kind: Kind::SubStepFinished(proto::SubStepFinished {
-                        step_id: self.step_id,
-                        path: s.path.clone(),
-                        name: s.name(),
-                        status: sub_step_status(s.result) as i32,
-                        started_at_ms: s.start_ms.unwrap_or(now),
-                        duration_ms: s.duration_ms.max(0) as u64,
-                        message: self.last_error.get(&s.path).cloned().unwrap_or_default(),
-                    }),
-                });
-            }
-        }
-        self.stats.advance(
-            obs.stats.iter().map(|s| (s.id, s.end_ms.unwrap_or(now))),
-            now,
-        );
-
-        // Data-flow rows: one running total per (task path, data-flow path).
+        // Data-flow rows: one running total per (task path, data-flow path). Before the
+        // tasks' ends read in the same poll: the rows were moved before the task ended, and
+        // the coordinator cuts a task's span at its end.
         let mut changed: BTreeMap<(String, String), &DataStat> = BTreeMap::new();
         for d in sorted(obs.data, |d| d.id) {
             if !self.data.is_new(d.id) {
@@ -337,6 +313,32 @@ impl CatalogTracker {
         }
         self.data
             .advance(obs.data.iter().map(|d| (d.id, d.time_ms)), now);
+
+        for s in sorted(obs.stats, |s| s.id) {
+            if !self.stats.is_new(s.id) {
+                continue;
+            }
+            self.stats.seen.insert(s.id);
+            fresh = true;
+            if self.finished_paths.insert(s.path.clone()) {
+                out.push(Out::Event {
+                    ts_ms: s.end_ms.unwrap_or(now),
+                    kind: Kind::SubStepFinished(proto::SubStepFinished {
+                        step_id: self.step_id,
+                        path: s.path.clone(),
+                        name: s.name(),
+                        status: sub_step_status(s.result) as i32,
+                        started_at_ms: s.start_ms.unwrap_or(now),
+                        duration_ms: s.duration_ms.max(0) as u64,
+                        message: self.last_error.get(&s.path).cloned().unwrap_or_default(),
+                    }),
+                });
+            }
+        }
+        self.stats.advance(
+            obs.stats.iter().map(|s| (s.id, s.end_ms.unwrap_or(now))),
+            now,
+        );
 
         let ts = st.end_ms.filter(|_| is_terminal(st.status)).unwrap_or(now);
         self.set_status(st.status, ts, &mut out);

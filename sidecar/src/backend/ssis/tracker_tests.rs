@@ -320,6 +320,50 @@ fn data_flow_rows_are_running_totals() {
     assert!(matches!(kinds(&out)[..], [Kind::DataFlowRows(r)] if r.rows == 160));
 }
 
+/// The rows a data flow moved and its end read in one poll: the rows come first, so that
+/// whoever cuts the task's record at its end (the coordinator's sub_step span) has them.
+#[test]
+fn rows_read_with_a_tasks_end_come_before_it() {
+    let mut t = tracker();
+    let st = status(2);
+    let rows = [DataStat {
+        execution_id: 42,
+        id: 1,
+        path: "\\P\\DFT".into(),
+        data_flow_path: "OLE DB Source Output".into(),
+        source: "src".into(),
+        destination: "dst".into(),
+        rows: 2500,
+        time_ms: T0 + 900,
+    }];
+    let stats = [Stat {
+        execution_id: 42,
+        id: 1,
+        path: "\\P\\DFT".into(),
+        name: Some("DFT".into()),
+        start_ms: Some(T0),
+        end_ms: Some(T0 + 1000),
+        duration_ms: 1000,
+        result: 0,
+    }];
+    let out = t.observe(&Observation {
+        status: Some(&st),
+        polled_at_ms: T0 + 1100,
+        stats: &stats,
+        data: &rows,
+        ..Default::default()
+    });
+    assert!(
+        matches!(
+            kinds(&out)[..],
+            [Kind::CatalogExecution(_), Kind::DataFlowRows(r), Kind::SubStepFinished(f)]
+                if r.rows == 2500 && f.path == "\\P\\DFT"
+        ),
+        "{:?}",
+        kinds(&out)
+    );
+}
+
 /// A simulated catalog: message i (id `ids[i]`) is committed at `commit[i]` ms and shown
 /// by polls from then on, `limit` rows at most per poll above the watermark.
 fn visible(msgs: &[(Message, i64)], wm: i64, at: i64, limit: usize) -> Vec<Message> {
