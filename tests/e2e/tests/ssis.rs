@@ -127,7 +127,9 @@ fn a_failing_package_fails_its_task_with_the_catalogs_errors() {
             finished_sub_steps(&events, task),
             [
                 ("Extract".to_owned(), "succeeded".to_owned()),
-                ("Merge".to_owned(), "failed".to_owned())
+                ("Merge".to_owned(), "failed".to_owned()),
+                // The package itself ends with its catalog execution.
+                ("Merge Customers".to_owned(), "failed".to_owned())
             ],
             "{task}: {out}"
         );

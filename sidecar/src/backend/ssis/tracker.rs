@@ -110,6 +110,9 @@ pub struct CatalogTracker {
     stats: Watermark,
     data: Watermark,
     started_paths: BTreeSet<String>,
+    /// Name and start time of each sub-step seen starting in this process (a restored one
+    /// has its path only).
+    started_at: HashMap<String, (String, i64)>,
     finished_paths: BTreeSet<String>,
     /// The last error message per execution path (the message of a failed sub-step).
     last_error: HashMap<String, String>,
@@ -133,6 +136,7 @@ impl CatalogTracker {
             stats: Watermark::default(),
             data: Watermark::default(),
             started_paths: BTreeSet::new(),
+            started_at: HashMap::new(),
             finished_paths: BTreeSet::new(),
             last_error: HashMap::new(),
             rows_total: BTreeMap::new(),
@@ -346,9 +350,52 @@ impl CatalogTracker {
             let since = *self.terminal_at_ms.get_or_insert(now);
             if now - since >= FINAL_SWEEP_MS && !fresh {
                 self.done = true;
+                self.close_open_sub_steps(st, ts, &mut out);
             }
         }
         out
+    }
+
+    /// Ends, with the execution, every sub-step that started but has no statistics row:
+    /// the catalog writes none for some executables (the package itself, in the stand-in;
+    /// what a real catalog writes for the package is unconfirmed), and an execution that
+    /// ended cannot still be running one.
+    fn close_open_sub_steps(&mut self, st: &ExecStatus, end_ms: i64, out: &mut Vec<Out>) {
+        let status = match st.status {
+            3 => proto::StepStatus::Canceled,
+            7 | 9 => proto::StepStatus::Succeeded,
+            _ => proto::StepStatus::Failed,
+        };
+        let open: Vec<String> = self
+            .started_paths
+            .difference(&self.finished_paths)
+            .cloned()
+            .collect();
+        for path in open {
+            self.finished_paths.insert(path.clone());
+            let (name, started) = self
+                .started_at
+                .get(&path)
+                .cloned()
+                .unwrap_or_else(|| (last_segment(&path), self.span.0.unwrap_or(end_ms)));
+            out.push(Out::Event {
+                ts_ms: end_ms,
+                kind: Kind::SubStepFinished(proto::SubStepFinished {
+                    step_id: self.step_id,
+                    name,
+                    status: status as i32,
+                    started_at_ms: started,
+                    duration_ms: end_ms.saturating_sub(started).max(0) as u64,
+                    message: self.last_error.get(&path).cloned().unwrap_or_else(|| {
+                        format!(
+                            "ended with the catalog execution ({}); the catalog recorded no end of its own",
+                            status_name(st.status)
+                        )
+                    }),
+                    path,
+                }),
+            });
+        }
     }
 
     fn message(&mut self, m: &Message, out: &mut Vec<Out>) {
@@ -359,11 +406,14 @@ impl CatalogTracker {
                     && !self.finished_paths.contains(&path)
                     && self.started_paths.insert(path.clone()) =>
             {
+                let name = m.source_name.clone().unwrap_or_else(|| last_segment(&path));
+                self.started_at
+                    .insert(path.clone(), (name.clone(), m.time_ms));
                 out.push(Out::Event {
                     ts_ms: m.time_ms,
                     kind: Kind::SubStepStarted(proto::SubStepStarted {
                         step_id: self.step_id,
-                        name: m.source_name.clone().unwrap_or_else(|| last_segment(&path)),
+                        name,
                         path,
                         started_at_ms: m.time_ms,
                     }),

@@ -446,3 +446,69 @@ proptest! {
         prop_assert_eq!(statuses.get(&2).copied(), Some(1));
     }
 }
+
+#[test]
+fn a_sub_step_without_statistics_ends_with_its_execution() {
+    let mut t = tracker();
+    t.discovered(2, T0);
+    // The package and one task start; only the task gets a statistics row.
+    let msgs = [
+        msg(10, T0 + 50, message_type::PRE_EXECUTE, "\\Load", "package"),
+        msg(
+            11,
+            T0 + 100,
+            message_type::PRE_EXECUTE,
+            "\\Load\\Copy",
+            "task",
+        ),
+    ];
+    let stats = [Stat {
+        execution_id: 42,
+        id: 5,
+        path: "\\Load\\Copy".into(),
+        name: Some("Copy".into()),
+        start_ms: Some(T0 + 100),
+        end_ms: Some(T0 + 900),
+        duration_ms: 800,
+        result: 0,
+    }];
+    let running = status(2);
+    t.observe(&Observation {
+        status: Some(&running),
+        polled_at_ms: T0 + 1_000,
+        messages: &msgs,
+        stats: &stats,
+        ..Default::default()
+    });
+    let ended = status(7);
+    let finished = |out: &[Out]| -> Vec<proto::SubStepFinished> {
+        kinds(out)
+            .into_iter()
+            .filter_map(|k| match k {
+                Kind::SubStepFinished(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // At the terminal status the late messages are still swept: nothing is closed yet.
+    let out = t.observe(&Observation {
+        status: Some(&ended),
+        polled_at_ms: T0 + 11_000,
+        ..Default::default()
+    });
+    assert!(finished(&out).is_empty());
+    let out = t.observe(&Observation {
+        status: Some(&ended),
+        polled_at_ms: T0 + 11_000 + FINAL_SWEEP_MS,
+        ..Default::default()
+    });
+    assert!(t.is_done());
+    let closed = finished(&out);
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    let package = &closed[0];
+    assert_eq!(package.path, "\\Load");
+    assert_eq!(package.status, proto::StepStatus::Succeeded as i32);
+    assert_eq!(package.started_at_ms, T0 + 50);
+    // It ends when the execution ended (status(7) ends at T0 + 10 s).
+    assert_eq!(package.duration_ms, 10_000 - 50);
+}

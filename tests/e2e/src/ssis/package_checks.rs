@@ -68,7 +68,9 @@ pub fn assert_package_succeeded(events: &RunEvents, task: &str, server: &str) ->
         finished_sub_steps(events, task),
         [
             ("Truncate staging".to_owned(), "succeeded".to_owned()),
-            ("Copy rows".to_owned(), "succeeded".to_owned())
+            ("Copy rows".to_owned(), "succeeded".to_owned()),
+            // The package itself ends with its catalog execution.
+            ("Load Sales".to_owned(), "succeeded".to_owned())
         ],
         "{task}"
     );
