@@ -349,7 +349,15 @@ fn statuses(events: &[Event]) -> Vec<i32> {
         .collect()
 }
 
+/// The package's tasks that finished (not the package itself: a path of one segment).
 fn finished_sub_steps(events: &[Event]) -> Vec<proto::SubStepFinished> {
+    all_finished_sub_steps(events)
+        .into_iter()
+        .filter(|s| s.path.matches('\\').count() > 1)
+        .collect()
+}
+
+fn all_finished_sub_steps(events: &[Event]) -> Vec<proto::SubStepFinished> {
     kinds(events)
         .iter()
         .filter_map(|k| match k {
@@ -419,6 +427,12 @@ async fn an_agent_ssis_step_is_followed_into_the_journal() {
         subs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
         ["Extract", "Load"]
     );
+    // The package itself has no statistics row: it ends with its catalog execution.
+    let package = all_finished_sub_steps(&all)
+        .into_iter()
+        .find(|s| s.path == "\\Load")
+        .expect("the package ends with its execution");
+    assert_eq!(package.status, proto::StepStatus::Succeeded as i32);
     for s in &subs {
         assert_eq!(s.status, proto::StepStatus::Succeeded as i32);
         assert!(
