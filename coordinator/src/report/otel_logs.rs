@@ -72,16 +72,26 @@ impl Reporter for LogRecords {
             RunEventKind::Log { at, lines } => {
                 let trace_id = ids::run_trace_id(&ev.run_id);
                 let job = self.jobs.get(&at.task).map_or("", String::as_str);
+                // A batch's lines are nearly always of one step: its attempt, name and
+                // span are looked up once per change of step, not per line.
+                let mut current = None;
                 for l in lines {
                     let step = l.step;
-                    let (step_attempt, step_name) = self
-                        .steps
-                        .get(&(at.execution_id.clone(), step))
-                        .map_or((1, ""), |(a, n)| (*a, n.as_str()));
-                    let span_id = if step == 0 {
-                        ids::execution_span_id(&at.execution_id)
-                    } else {
-                        ids::step_span_id(&at.execution_id, step, step_attempt)
+                    let (step_attempt, step_name, span_id) = match current {
+                        Some((s, a, n, id)) if s == step => (a, n, id),
+                        _ => {
+                            let (a, n) = self
+                                .steps
+                                .get(&(at.execution_id.clone(), step))
+                                .map_or((1, ""), |(a, n)| (*a, n.as_str()));
+                            let id = if step == 0 {
+                                ids::execution_span_id(&at.execution_id)
+                            } else {
+                                ids::step_span_id(&at.execution_id, step, a)
+                            };
+                            current = Some((step, a, n, id));
+                            (a, n, id)
+                        }
                     };
                     (self.sink)(LogLine {
                         trace_id,
@@ -173,5 +183,54 @@ mod tests {
         );
         assert_eq!(got[2].1, ids::execution_span_id("e1"));
         assert_eq!(got[2].4, "stderr");
+    }
+
+    #[test]
+    fn each_line_of_a_batch_gets_the_span_of_its_own_step() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        let mut logs = LogRecords::new(Box::new(move |l: LogLine<'_>| {
+            sink.lock()
+                .unwrap()
+                .push((l.span_id, l.step_name.to_owned()))
+        }));
+        let at = At {
+            task: "t".into(),
+            attempt: 1,
+            sidecar: "s".into(),
+            execution_id: "e1".into(),
+        };
+        for (step, name) in [(1, "extract"), (2, "load")] {
+            logs.event(&RunEvent::new(
+                "r1",
+                0,
+                RunEventKind::StepStarted {
+                    at: at.clone(),
+                    step,
+                    step_name: name.into(),
+                    step_attempt: 1,
+                },
+            ));
+        }
+        let line = |step: u32| crate::events::LogLine {
+            step,
+            stream: "stdout",
+            line: String::new(),
+        };
+        let batch = vec![line(1), line(1), line(2), line(0), line(1)];
+        logs.event(&RunEvent::new(
+            "r1",
+            0,
+            RunEventKind::Log {
+                at,
+                lines: batch.into(),
+            },
+        ));
+        let got = got.lock().unwrap();
+        let spans: Vec<_> = got.iter().map(|(span, _)| *span).collect();
+        let one = ids::step_span_id("e1", 1, 1);
+        let two = ids::step_span_id("e1", 2, 1);
+        assert_eq!(spans, [one, one, two, ids::execution_span_id("e1"), one]);
+        assert_eq!(got[2].1, "load");
     }
 }
